@@ -1,0 +1,41 @@
+"""Step context inside a patch: current sigma against the run's schedule and the model's own sampling."""
+from __future__ import annotations
+
+import torch
+
+from .schedule import StepContext, percent_from_timestep, step_index
+
+
+def sigma_to_percent(model_sampling, sigma: float) -> float:
+    """Sampling progress that percent_to_sigma maps back to this sigma (continuous, no rounding)."""
+    log_sigmas = getattr(model_sampling, "log_sigmas", None)
+    if log_sigmas is None:
+        t = float(model_sampling.timestep(torch.tensor([sigma])).flatten()[0])
+        return percent_from_timestep(t)
+    ls = log_sigmas.detach().float().cpu()
+    x = torch.tensor(float(sigma)).clamp_min(1e-12).log().clamp(ls[0], ls[-1])
+    hi = int(torch.searchsorted(ls, x).clamp(1, ls.numel() - 1))
+    lo = hi - 1
+    w = float((x - ls[lo]) / (ls[hi] - ls[lo]))
+    return percent_from_timestep(lo + w, ls.numel())
+
+
+def current_sigma(options: dict) -> float:
+    sigmas = options.get("sigmas")
+    if sigmas is None:
+        raise KeyError("transformer options carry no 'sigmas'; is this called outside sampling?")
+    return float(torch.as_tensor(sigmas).flatten()[0])
+
+
+def step_context(options: dict, model_sampling, sigma: float | None = None) -> StepContext:
+    """From transformer/extra options (keys 'sigmas' and, on newer hosts, 'sample_sigmas')."""
+    sigma = current_sigma(options) if sigma is None else float(sigma)
+    schedule = options.get("sample_sigmas")
+    percent = sigma_to_percent(model_sampling, sigma)
+    if schedule is None:
+        return StepContext(sigma, None, None, percent)
+    return StepContext(sigma, step_index(sigma, schedule), int(len(schedule)) - 1, percent)
+
+
+def percent_to_sigma(model_sampling, percent: float) -> float:
+    return float(model_sampling.percent_to_sigma(percent))
