@@ -22,10 +22,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m conduit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("host", help="find or fetch the ComfyUI used for tests and local runs; print it")
-    from . import runner  # the run/demo commands live with the runner
-
-    runner.add_commands(sub)
+    for module in command_modules():
+        module.add_commands(sub)
     return p
+
+
+def command_modules() -> list:
+    """conduit/cli_*.py modules each add their subcommands (set_defaults(func=...))."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("cli_"))
+    return [importlib.import_module(f"{__package__}.{n}") for n in names]
 
 
 def main(argv: list[str] | None = None) -> int:
