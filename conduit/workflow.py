@@ -1,0 +1,214 @@
+"""Workflow files: API graphs, their UI-format twins, and the edits the runner and tests make before submitting.
+
+The UI format is what the ComfyUI editor opens; ComfyUI has no offline UI->API converter, so this module
+converts both ways for the simple graphs the pack ships (no reroutes, primitives, groups or subgraphs),
+using the live server's /object_info for input order.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from .host import REPO_ROOT
+
+WORKFLOW_DIR = REPO_ROOT / "workflows"
+PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+SEED_NAMES = {"seed", "noise_seed"}
+
+# Real loader -> (test-only tiny loader, how its inputs are filled). Outputs line up slot for slot.
+TEST_LOADERS = {
+    "CheckpointLoaderSimple": "ConduitTestTinyCheckpoint",
+    "ControlNetLoader": "ConduitTestTinyControlNet",
+}
+DEMO_LOADER = "ConduitDemoToyModelLoader"
+
+
+def api_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix == ".json" and path.exists():
+        return path
+    return WORKFLOW_DIR / f"{name}.api.json"
+
+
+def load_api(name: str) -> dict:
+    return json.loads(api_path(name).read_text())
+
+
+def nodes_of(graph: dict, class_type: str) -> list[str]:
+    return [nid for nid, node in graph.items() if node["class_type"] == class_type]
+
+
+def set_input(graph: dict, node_id: str, name: str, value: Any) -> None:
+    if node_id not in graph:
+        raise KeyError(f"no node {node_id!r} in the graph (nodes: {', '.join(sorted(graph))})")
+    graph[node_id]["inputs"][name] = value
+
+
+def set_all(graph: dict, class_type: str, **values: Any) -> None:
+    for nid in nodes_of(graph, class_type):
+        graph[nid]["inputs"].update(values)
+
+
+def set_seeds(graph: dict, seed: int) -> int:
+    """Set every seed-like widget (KSampler seed, SamplerCustom noise_seed, ...). Returns how many."""
+    n = 0
+    for node in graph.values():
+        for key, value in node["inputs"].items():
+            if key in SEED_NAMES and not isinstance(value, list):
+                node["inputs"][key] = seed
+                n += 1
+    return n
+
+
+def swap_loaders(graph: dict, family: str = "sdxl", seed: int = 0) -> dict:
+    """Replace the real model loaders with the test-only tiny loaders (tests/comfy_nodes)."""
+    g = copy.deepcopy(graph)
+    for node in g.values():
+        tiny = TEST_LOADERS.get(node["class_type"])
+        if tiny:
+            node["class_type"] = tiny
+            node["inputs"] = {"family": family, "seed": seed if tiny.endswith("Checkpoint") else seed + 3}
+    return g
+
+
+def use_demo_model(graph: dict) -> dict:
+    """Replace checkpoint loaders with the pack's embedded demo toy model (MODEL, CLIP, VAE)."""
+    g = copy.deepcopy(graph)
+    for node in g.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["class_type"] = DEMO_LOADER
+            node["inputs"] = {}
+    return g
+
+
+def parse_assignment(text: str) -> tuple[str, str, Any]:
+    """'3.seed=5' -> ('3', 'seed', 5); values are JSON when they parse, else strings."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ValueError(f"--set expects NODE.INPUT=VALUE, got {text!r}")
+    target, raw = text.split("=", 1)
+    node_id, name = target.split(".", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return node_id, name, value
+
+
+# ---- UI format -------------------------------------------------------------------------------------------
+
+def _input_specs(info: dict) -> list[tuple[str, Any, dict]]:
+    specs = []
+    for section in ("required", "optional"):
+        for name, spec in info["input"].get(section, {}).items():
+            kind = spec[0]
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            specs.append((name, kind, opts))
+    order = info.get("input_order")
+    if order:
+        ranked = order.get("required", []) + order.get("optional", [])
+        specs.sort(key=lambda s: ranked.index(s[0]) if s[0] in ranked else len(ranked))
+    return specs
+
+
+def _is_widget(kind: Any) -> bool:
+    return isinstance(kind, list) or kind in PRIMITIVES or kind == "COMBO"
+
+
+def _has_control(name: str, kind: Any, opts: dict) -> bool:
+    return kind == "INT" and (name in SEED_NAMES or bool(opts.get("control_after_generate")))
+
+
+def ui_from_api(graph: dict, object_info: dict) -> dict:
+    """A UI-format workflow (editor layout in columns by graph depth) for an API graph."""
+    if all(n.isdigit() for n in graph):
+        ids = {nid: int(nid) for nid in graph}
+    else:
+        ids = {nid: i + 1 for i, nid in enumerate(sorted(graph))}
+    depth: dict[str, int] = {}
+
+    def level(nid: str) -> int:
+        if nid not in depth:
+            depth[nid] = 0
+            srcs = [v[0] for v in graph[nid]["inputs"].values() if isinstance(v, list)]
+            depth[nid] = 1 + max((level(s) for s in srcs), default=-1)
+        return depth[nid]
+
+    links: list[list] = []
+    out_links: dict[tuple[str, int], list[int]] = {}
+    nodes = []
+    rows: dict[int, int] = {}
+    for nid in sorted(graph, key=lambda n: ids[n]):
+        node = graph[nid]
+        info = object_info[node["class_type"]]
+        col = level(nid)
+        row = rows.get(col, 0)
+        rows[col] = row + 1
+        inputs, widgets = [], []
+        for name, kind, opts in _input_specs(info):
+            value = node["inputs"].get(name, opts.get("default"))
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                link_id = len(links) + 1
+                src, slot = value
+                ltype = object_info[graph[src]["class_type"]]["output"][slot]
+                links.append([link_id, ids[src], slot, ids[nid], len(inputs), ltype])
+                out_links.setdefault((src, slot), []).append(link_id)
+                entry = {"name": name, "type": "COMBO" if isinstance(kind, list) else kind, "link": link_id}
+                if _is_widget(kind):
+                    entry["widget"] = {"name": name}
+                    widgets.append(opts.get("default"))
+                inputs.append(entry)
+                continue
+            if _is_widget(kind):
+                if value is None and isinstance(kind, list) and kind:
+                    value = kind[0]
+                widgets.append(value)
+                if _has_control(name, kind, opts):
+                    widgets.append("fixed")
+        nodes.append({"id": ids[nid], "type": node["class_type"], "pos": [60 + 360 * col, 60 + 260 * row],
+                      "size": [320, 220], "flags": {}, "order": 0, "mode": 0, "inputs": inputs,
+                      "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
+                      "widgets_values": widgets,
+                      **({"title": node["_meta"]["title"]} if node.get("_meta", {}).get("title") else {})})
+    for n, nid in zip(nodes, sorted(graph, key=lambda n: ids[n])):
+        info = object_info[graph[nid]["class_type"]]
+        names = info.get("output_name") or info["output"]
+        n["outputs"] = [{"name": names[i], "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
+                        for i, t in enumerate(info["output"])]
+    order = sorted(nodes, key=lambda n: depth[[k for k, v in ids.items() if v == n["id"]][0]])
+    for i, n in enumerate(order):
+        n["order"] = i
+    return {"last_node_id": max(ids.values(), default=0), "last_link_id": len(links), "nodes": nodes,
+            "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def api_from_ui(workflow: dict, object_info: dict) -> dict:
+    """The API graph the editor's 'Export (API)' gives for the simple UI graphs the pack ships."""
+    link_src = {l[0]: (str(l[1]), l[2]) for l in workflow["links"]}
+    graph = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) != 0:
+            continue
+        info = object_info[node["type"]]
+        linked = {i["name"]: link_src[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = list(node.get("widgets_values", []))
+        inputs: dict[str, Any] = {}
+        for name, kind, opts in _input_specs(info):
+            if _is_widget(kind):
+                value = values.pop(0) if values else opts.get("default")
+                if _has_control(name, kind, opts) and values:
+                    values.pop(0)
+                if name not in linked:
+                    inputs[name] = value
+            if name in linked:
+                inputs[name] = [linked[name][0], linked[name][1]]
+        entry = {"class_type": node["type"], "inputs": inputs}
+        if node.get("title"):
+            entry["_meta"] = {"title": node["title"]}
+        graph[str(node["id"])] = entry
+    return graph
+
+
+def strip_meta(graph: dict) -> dict:
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in graph.items()}
