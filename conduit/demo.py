@@ -1,0 +1,73 @@
+"""`make demo`: run every example workflow headless on the embedded demo model and write out/."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from . import workflow
+from .cli_run import Job, _servers, prepare_graph, run_jobs
+
+log = logging.getLogger(__name__)
+
+# Small sizes and few steps keep the demo to minutes on a 2-core CPU.
+DEMO_OVERRIDES = {
+    "EmptyLatentImage": {"width": 128, "height": 128, "batch_size": 1},
+    "KSampler": {"steps": 12},
+    "BasicScheduler": {"steps": 12},
+}
+
+
+def demo_graph(graph: dict, model: str) -> dict:
+    g = prepare_graph(graph, model, [])
+    for class_type, values in DEMO_OVERRIDES.items():
+        workflow.set_all(g, class_type, **values)
+    return g
+
+
+def render_tables(out: Path) -> list[Path]:
+    """The shipped SDXL sensitivity table as a heatmap, when the tables CLI is present."""
+    try:
+        from .cli_tables import render_heatmap
+    except ImportError:
+        log.warning("tables CLI not available; skipping the heatmap")
+        return []
+    from .host import REPO_ROOT
+
+    paths = []
+    for table in sorted((REPO_ROOT / "sensitivity_tables").glob("sdxl*.json")):
+        png = out / f"heatmap_{table.stem}.png"
+        render_heatmap(table, png)
+        paths.append(png)
+    return paths
+
+
+def run_demo(out: Path, model: str = "embedded", servers: list[str] | None = None) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name[: -len(".api.json")] for p in workflow.WORKFLOW_DIR.glob("*.api.json"))
+    with ExitStack() as stack:
+        clients = _servers(stack, servers or [], load_test_nodes=model.startswith("tiny-"))
+        if model == "embedded" and workflow.DEMO_LOADER not in clients[0].object_info():
+            raise SystemExit(f"the demo model loader {workflow.DEMO_LOADER} is not registered on the server; "
+                             "check the ComfyUI log for a failed import of nodes/demo_model.py")
+        jobs = [Job(n, demo_graph(workflow.load_api(n), model)) for n in names]
+        run_jobs(jobs, clients, out)
+    heatmaps = render_tables(out)
+    summary = [{"workflow": j.name, "ok": j.error is None, "seconds": round(j.seconds, 2),
+                "outputs": [p.name for p in j.outputs], "error": j.error} for j in jobs]
+    summary.append({"workflow": "sensitivity heatmaps", "ok": True, "outputs": [p.name for p in heatmaps]})
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    lines = ["# Conduit demo", "", f"model: {model}", "", "| workflow | ok | seconds | outputs |", "|---|---|---|---|"]
+    for s in summary:
+        lines.append(f"| {s['workflow']} | {'yes' if s['ok'] else 'NO: ' + str(s.get('error'))[:120]} | "
+                     f"{s.get('seconds', '')} | {', '.join(s['outputs'])} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    ok = sum(1 for j in jobs if j.error is None)
+    print(f"\n{ok} of {len(jobs)} workflows ran; images, heatmaps and summary.md are in {out.resolve()}")
+    return 0 if ok == len(jobs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_demo(Path("out")))
