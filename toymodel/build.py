@@ -42,6 +42,9 @@ SD15_UNET = {
     "use_linear_in_transformer": False,
 }
 
+# SD2.x-shaped: linear projections in the transformers, v-prediction like SD2.1-768.
+SD2_UNET = {**SD15_UNET, "use_linear_in_transformer": True}
+
 # The recipe from the project's test-host notes: attention at input 5, middle 0, output 0..5.
 SDXL_UNET = {
     **_COMMON_UNET,
@@ -73,8 +76,8 @@ SDXL_FULL_UNET = {
     "num_classes": "sequential",
 }
 
-FAMILIES = {"sd15": SD15_UNET, "sdxl": SDXL_UNET, "sdxl_full": SDXL_FULL_UNET}
-HEAD_CHANNELS = {"sd15": 16, "sdxl": 16, "sdxl_full": 64}
+FAMILIES = {"sd15": SD15_UNET, "sd2": SD2_UNET, "sdxl": SDXL_UNET, "sdxl_full": SDXL_FULL_UNET}
+HEAD_CHANNELS = {"sd15": 16, "sd2": 16, "sdxl": 16, "sdxl_full": 64}
 POOLED_DIM = {"sdxl": 32, "sdxl_full": 1280}
 
 TINY_VAE_DDCONFIG = {
@@ -111,8 +114,12 @@ def _model_config(family: str):
     import comfy.supported_models as sm
 
     unet = dict(FAMILIES[family])
-    cls = sm.SD15 if family == "sd15" else sm.SDXL
+    cls = {"sd15": sm.SD15, "sd2": sm.SD20}.get(family, sm.SDXL)
     mc = cls(unet)
+    if family == "sd2":
+        import comfy.model_base
+
+        mc.model_type = lambda state_dict, prefix="": comfy.model_base.ModelType.V_PREDICTION
     mc.unet_config.pop("num_heads", None)
     mc.unet_config["num_heads"] = -1
     mc.unet_config["num_head_channels"] = HEAD_CHANNELS[family]
@@ -164,7 +171,7 @@ def build_clip(family: str = "sdxl", seed: int = 0, state_dict: dict | None = No
     import comfy.sd1_clip as sd1_clip
     import comfy.sdxl_clip as sdxl_clip
 
-    if family == "sd15":
+    if family in ("sd15", "sd2"):  # SD2's text encoder only differs in size, which is tiny here anyway
         clip_cls = functools.partial(
             sd1_clip.SD1ClipModel, clip_model=sd1_clip.SDClipModel,
             textmodel_json_config=os.path.join(CONFIG_DIR, "clip_tiny_sd15.json"))

@@ -25,6 +25,18 @@ def test_layer_keys_sd15_and_sdxl(tiny_sd15, tiny_sdxl):
     assert layers.model_family(tiny_sd15.model, "t") == "sd15"
 
 
+def test_sd2_family_is_v_prediction_and_samples():
+    import comfy.model_sampling
+
+    tm = testing.tiny_model("sd2")
+    assert layers.model_family(tm.model, "t") == "sd2"
+    assert isinstance(compat.model_sampling(tm.model), comfy.model_sampling.V_PREDICTION)
+    assert len(layers.attention_layers(tm.model)) == 7
+    c = tm.cond()
+    out = testing.sample(tm.model, c, c, steps=2)
+    assert torch.isfinite(out).all()
+
+
 def test_layer_keys_are_what_comfyui_reports_at_runtime(tiny_sdxl):
     """Record (block, block_index) and the token count at every attn1 call of a real sampling run."""
     seen = {}
