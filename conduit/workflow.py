@@ -54,7 +54,10 @@ def set_all(graph: dict, class_type: str, **values: Any) -> None:
 def set_seeds(graph: dict, seed: int) -> int:
     """Set every seed-like widget (KSampler seed, SamplerCustom noise_seed, ...). Returns how many."""
     n = 0
+    loaders = set(TEST_LOADERS.values()) | {DEMO_LOADER}
     for node in graph.values():
+        if node["class_type"] in loaders:  # their seed picks model weights, not noise
+            continue
         for key, value in node["inputs"].items():
             if key in SEED_NAMES and not isinstance(value, list):
                 node["inputs"][key] = seed
