@@ -1,0 +1,371 @@
+"""Train the Conduit toy model (demo only) on the procedural toy world, on CPU.
+
+    python scripts/train_toy.py                      # every stage, resumable
+    python scripts/train_toy.py --stage unet         # one stage (vae | encode | unet | export)
+
+Stages, each checkpointed under --work so a killed run resumes where it stopped:
+  1. vae     the tiny KL autoencoder of toymodel/build.py (ComfyUI's AutoencoderKL, 8x down, 4 channels)
+             on 64x64 toy images: MSE + L1 reconstruction, KL weight 1e-6.
+  2. encode  rescale the VAE so that ComfyUI's SD1.5 latent scale (0.18215) gives unit-variance, zero-mean
+             latents, then encode --data training images (posterior mean and std kept).
+  3. unet    the tiny SD1.5-shaped UNet (toymodel/build.py "sd15": 32 channels, cross-attention at the
+             8x8, 4x4 and 2x2 latent grids) with the model's own epsilon objective on ComfyUI's discrete
+             1000-step schedule (model_sampling of the ComfyUI model), frozen random CLIP-shaped text
+             encoder through ComfyUI's tokenizer and encode path, 10 % empty captions for CFG, EMA weights.
+  4. export  one safetensors file (unet.*, vae.*, clip.*) with the recipe in its metadata; also written
+             at every UNet checkpoint so partial progress is usable.
+Held-out (colour, texture, shape) triples of toy/world.py are never trained on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("train_toy")
+
+DEFAULT_OUT = ROOT / "toymodel" / "weights" / "toy_sd15.safetensors"
+DEFAULT_WORK = ROOT / ".cache" / "toy_train"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", default="all", choices=["all", "vae", "encode", "unet", "export"])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--vae-steps", type=int, default=900)
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--vae-lr", type=float, default=5e-4)
+    p.add_argument("--data", type=int, default=12000, help="training images encoded for the UNet")
+    p.add_argument("--unet-steps", type=int, default=4000)
+    p.add_argument("--unet-batch", type=int, default=64)
+    p.add_argument("--unet-lr", type=float, default=5e-4)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--uncond-p", type=float, default=0.1)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop a stage early after this long (0: off)")
+    p.add_argument("--ckpt-every", type=int, default=200)
+    return p.parse_args(argv)
+
+
+def setup_host():
+    from conduit.host import find_host, import_host
+
+    host = find_host()
+    import_host(host)
+    return host
+
+
+def zero_last_layers(module: torch.nn.Module, names: tuple[str, ...]) -> None:
+    """Zero the last layer of every residual branch, as SD's own init does, so training starts stable."""
+    with torch.no_grad():
+        for name, sub in module.named_modules():
+            if name.endswith(names) and hasattr(sub, "weight"):
+                sub.weight.zero_()
+                if getattr(sub, "bias", None) is not None:
+                    sub.bias.zero_()
+
+
+def images_tensor(start: int, count: int, seed: int) -> torch.Tensor:
+    from toy import world
+
+    imgs = np.stack([s.image for s in world.batch(start, count, seed, "train")])
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def progress(total: int, initial: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, mininterval=10.0, file=sys.stderr)
+
+
+class Stopper:
+    def __init__(self, minutes: float):
+        self.deadline = time.time() + minutes * 60 if minutes > 0 else None
+
+    def __call__(self) -> bool:
+        return self.deadline is not None and time.time() > self.deadline
+
+
+# ---------------------------------------------------------------- VAE
+def new_vae(seed: int):
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from toymodel import build
+
+    ae = AutoencoderKL(ddconfig=dict(build.TINY_VAE_DDCONFIG), embed_dim=4)
+    build.seeded_init_(ae, seed)
+    zero_last_layers(ae, ("conv2",))
+    return ae
+
+
+def train_vae(args) -> None:
+    path = args.work / "vae.pt"
+    ae = new_vae(args.seed + 2)
+    opt = torch.optim.Adam(ae.parameters(), lr=args.vae_lr, betas=(0.9, 0.99))
+    step = 0
+    if path.exists():
+        ck = torch.load(path, weights_only=True)
+        ae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step = ck["step"]
+    if step >= args.vae_steps:
+        return
+    torch.manual_seed(args.seed * 7919 + step)
+    stop = Stopper(args.max_minutes)
+    ae.train()
+    bar = progress(args.vae_steps, step, "vae")
+    recent = []
+    while step < args.vae_steps:
+        x = images_tensor(step * args.vae_batch, args.vae_batch, args.seed + 100)
+        z, reg = ae.encode(x, return_reg_log=True)
+        rec = ae.decode(z)
+        mse = (rec - x).pow(2).mean()
+        loss = mse + 0.1 * (rec - x).abs().mean() + 1e-6 * reg["kl_loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        recent.append(mse.item())
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(mse=f"{np.mean(recent[-20:]):.4f}")
+        if step % args.ckpt_every == 0 or step == args.vae_steps or stop():
+            torch.save({"model": ae.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "mse": float(np.mean(recent[-50:]))}, path)
+            log.info("vae step %d mse %.5f", step, np.mean(recent[-50:]))
+        if stop():
+            log.warning("vae stopped early at step %d (--max-minutes)", step)
+            break
+    bar.close()
+
+
+def rescaled_vae_state(ae, scale_factor: float, seed: int) -> tuple[dict, dict]:
+    """Fold a per-channel affine into quant_conv/post_quant_conv so that latent*scale_factor ~ N(0, 1)."""
+    x = images_tensor(0, 512, seed + 200)
+    with torch.no_grad():
+        moments = torch.cat([ae.quant_conv(ae.encoder(x[i:i + 64])) for i in range(0, len(x), 64)])
+        mean = moments[:, :4]
+        mu = mean.mean(dim=(0, 2, 3))
+        sd = mean.std(dim=(0, 2, 3))
+        s = 1.0 / (scale_factor * sd)  # new raw latent = s * (old - mu)
+        state = {k: v.clone() for k, v in ae.state_dict().items()}
+        qw, qb = state["quant_conv.weight"], state["quant_conv.bias"]
+        qw[:4] *= s.view(4, 1, 1, 1)
+        qb[:4] = (qb[:4] - mu) * s
+        qb[4:] += 2.0 * torch.log(s)
+        pw, pb = state["post_quant_conv.weight"], state["post_quant_conv.bias"]
+        pb += (pw[:, :, 0, 0] * mu.view(1, 4)).sum(1)
+        pw /= s.view(1, 4, 1, 1)
+    return state, {"latent_mean_before": mu.tolist(), "latent_std_before": sd.tolist()}
+
+
+def load_trained_vae(args):
+    ae = new_vae(args.seed + 2)
+    ck = torch.load(args.work / "vae.pt", weights_only=True)
+    ae.load_state_dict(ck["model"])
+    ae.eval()
+    return ae, ck
+
+
+# ---------------------------------------------------------------- text
+def frozen_clip(seed: int):
+    """The frozen random text encoder, rounded to fp16 so the shipped fp16 weights give the same outputs."""
+    from toymodel import build
+
+    clip = build.build_clip("sd15", seed)
+    sd = {k: v.half().float() for k, v in clip.cond_stage_model.state_dict().items()}
+    clip.cond_stage_model.load_state_dict(sd)
+    return clip
+
+
+def encode_captions(clip, captions: list[str]) -> torch.Tensor:
+    out = []
+    with torch.no_grad():
+        for text in captions:
+            cond, _ = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+            out.append(cond[0].float())
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------- encode
+def encode_dataset(args) -> None:
+    from toy import world
+
+    path = args.work / "latents.pt"
+    if path.exists():
+        return
+    from toymodel import build
+
+    ae, _ = load_trained_vae(args)
+    scale = 0.18215  # ComfyUI's SD15 latent_format.scale_factor
+    state, stats = rescaled_vae_state(ae, scale, args.seed)
+    ae.load_state_dict(state)
+    captions = [world.caption(c, t, s, b) for (c, t, s) in world.all_triples("all") for b in world.BACKGROUNDS]
+    index = {c: i for i, c in enumerate(captions)}
+    means, stds, labels = [], [], []
+    bar = progress(args.data, 0, "encode")
+    chunk = 64
+    with torch.no_grad():
+        for start in range(0, args.data, chunk):
+            n = min(chunk, args.data - start)
+            samples = world.batch(start, n, args.seed + 300, "train")
+            x = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            moments = ae.quant_conv(ae.encoder(x))
+            means.append(moments[:, :4].half())
+            stds.append(torch.exp(0.5 * moments[:, 4:].clamp(-30, 20)).half())
+            labels.extend(index[s.spec.caption] for s in samples)
+            bar.update(n)
+    bar.close()
+    clip = frozen_clip(args.seed + 1)
+    ctx = encode_captions(clip, captions + [""])
+    all_lat = torch.cat(means).float()
+    stats.update(latent_mean_after=all_lat.mean(dim=(0, 2, 3)).tolist(),
+                 latent_std_after=(all_lat * scale).std(dim=(0, 2, 3)).tolist())
+    log.info("latent stats %s", stats)
+    torch.save({"mean": torch.cat(means), "std": torch.cat(stds), "labels": torch.tensor(labels),
+                "captions": captions, "ctx": ctx, "vae_state": state, "stats": stats,
+                "clip_state": {k: v.half() for k, v in clip.cond_stage_model.state_dict().items()}}, path)
+
+
+# ---------------------------------------------------------------- UNet
+def clone_layernorm_inputs(unet: torch.nn.Module) -> None:
+    """ComfyUI's transformer blocks add in place (x += n) after LayerNorm saved x; train on a copy."""
+    for m in unet.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.register_forward_pre_hook(lambda mod, a: (a[0].clone(),) + tuple(a[1:]))
+
+
+def train_unet(args) -> None:
+    from toymodel import build
+
+    data = torch.load(args.work / "latents.pt", weights_only=True)
+    mp = build.build_unet("sd15", args.seed)
+    model = mp.model
+    unet = model.diffusion_model
+    zero_last_layers(unet, ("out.2", "out_layers.3", "proj_out"))
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    path = args.work / "unet.pt"
+    step = 0
+    if path.exists():
+        ck = torch.load(path, weights_only=True)
+        unet.load_state_dict(ck["model"])
+        ema = ck["ema"]
+        opt.load_state_dict(ck["opt"])
+        step = ck["step"]
+    if step >= args.unet_steps:
+        return
+    clone_layernorm_inputs(unet)
+    ms = model.model_sampling
+    sigmas = ms.sigmas.float()
+    scale = float(model.latent_format.scale_factor)
+    n, n_cap = len(data["labels"]), len(data["captions"])
+    mean, std, labels, ctx = data["mean"].float(), data["std"].float(), data["labels"], data["ctx"]
+    gen = torch.Generator().manual_seed(args.seed * 104729 + step)
+    stop = Stopper(args.max_minutes)
+    unet.train()
+    bar = progress(args.unet_steps, step, "unet")
+    recent = []
+    last_ckpt = time.time()
+    while step < args.unet_steps:
+        idx = torch.randint(0, n, (args.unet_batch,), generator=gen)
+        z = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
+        x0 = z * scale  # latent_format.process_in
+        cap = labels[idx].clone()
+        cap[torch.rand(args.unet_batch, generator=gen) < args.uncond_p] = n_cap  # the "" caption
+        c = ctx[cap]
+        t = torch.randint(0, len(sigmas), (args.unet_batch,), generator=gen)
+        sigma = sigmas[t]
+        noise = torch.randn(x0.shape, generator=gen)
+        xn = x0 + noise * sigma.view(-1, 1, 1, 1)
+        denoised = model.apply_model(xn, sigma, c_crossattn=c)
+        eps = (xn - denoised) / sigma.view(-1, 1, 1, 1)
+        loss = (eps - noise).pow(2).mean()
+        lr = args.unet_lr * min(1.0, (step + 1) / 200)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in unet.state_dict().items():
+                if v.dtype.is_floating_point:
+                    ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+                else:
+                    ema[k].copy_(v)
+        recent.append(loss.item())
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(recent[-100:]):.4f}")
+        if step % args.ckpt_every == 0 or step == args.unet_steps or stop() or time.time() - last_ckpt > 300:
+            torch.save({"model": unet.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step,
+                        "loss": float(np.mean(recent[-200:]))}, path)
+            export(args, data=data, ema=ema, unet_step=step, unet_loss=float(np.mean(recent[-200:])))
+            last_ckpt = time.time()
+            log.info("unet step %d loss %.5f", step, np.mean(recent[-200:]))
+        if stop():
+            log.warning("unet stopped early at step %d (--max-minutes)", step)
+            break
+    bar.close()
+
+
+# ---------------------------------------------------------------- export
+def export(args, data=None, ema=None, unet_step=None, unet_loss=None) -> None:
+    from safetensors.torch import save_file
+
+    data = data if data is not None else torch.load(args.work / "latents.pt", weights_only=True)
+    if ema is None:
+        ck = torch.load(args.work / "unet.pt", weights_only=True)
+        ema, unet_step, unet_loss = ck["ema"], ck["step"], ck["loss"]
+    vae_ck = torch.load(args.work / "vae.pt", weights_only=True)
+    tensors = {}
+    tensors.update({f"unet.{k}": v.float().contiguous() for k, v in ema.items()})
+    tensors.update({f"vae.{k}": v.float().contiguous() for k, v in data["vae_state"].items()})
+    tensors.update({f"clip.{k}": v.half().contiguous() for k, v in data["clip_state"].items()})
+    recipe = {
+        "model": "Conduit toy model (demo only): SD1.5-shaped tiny UNet, tiny KL VAE, frozen random tiny CLIP",
+        "image_size": 64, "seed": args.seed,
+        "vae": {"steps": vae_ck["step"], "batch": args.vae_batch, "lr": args.vae_lr, "mse": vae_ck.get("mse")},
+        "data": args.data,
+        "unet": {"steps": unet_step, "batch": args.unet_batch, "lr": args.unet_lr, "ema": args.ema,
+                 "uncond_p": args.uncond_p, "loss": unet_loss},
+        "latent_stats": data["stats"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"conduit_toy_recipe": json.dumps(recipe)})
+    os.replace(tmp, args.out)
+    log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 2**20)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    setup_host()
+    stages = ["vae", "encode", "unet", "export"] if args.stage == "all" else [args.stage]
+    for stage in stages:
+        t0 = time.time()
+        {"vae": train_vae, "encode": encode_dataset, "unet": train_unet, "export": export}[stage](args)
+        log.info("stage %s done in %.1f min", stage, (time.time() - t0) / 60)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""The toy world: procedural 64x64 images of one textured shape on a plain background, with captions.
+
+Everything is deterministic from a seed (numpy Generator + PIL drawing), so the training set, the
+held-out captions and every evaluation reference can be regenerated bit for bit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = 64
+SUPERSAMPLE = 4
+
+SHAPES = ("circle", "square", "triangle", "star", "ring")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 205, 40),
+    "purple": (140, 50, 180),
+    "orange": (240, 130, 30),
+}
+TEXTURES = ("solid", "striped", "dotted", "checkered", "speckled")
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "gray": (128, 128, 128),
+    "white": (235, 235, 235),
+    "black": (25, 25, 25),
+    "beige": (200, 185, 150),
+}
+# The texture's second tone: the shape's colour darkened, so every texture keeps the asked-for hue.
+DARK = 0.4
+PERIOD = 8  # stripes, dots and checks repeat every 8 px: one latent cell
+
+
+def held_out(color: str, texture: str, shape: str) -> bool:
+    """(colour, texture, shape) triples never shown in training: 11 of 150, each word still seen elsewhere."""
+    ci, ti, si = list(COLORS).index(color), TEXTURES.index(texture), SHAPES.index(shape)
+    return (ci + 2 * ti + 3 * si) % 13 == 0
+
+
+def all_triples(split: str = "all") -> list[tuple[str, str, str]]:
+    out = []
+    for c in COLORS:
+        for t in TEXTURES:
+            for s in SHAPES:
+                h = held_out(c, t, s)
+                if split == "all" or (split == "heldout") == h:
+                    out.append((c, t, s))
+    return out
+
+
+@dataclass(frozen=True)
+class Spec:
+    shape: str
+    color: str
+    texture: str
+    background: str
+    cx: float  # centre in pixels
+    cy: float
+    radius: float  # circumscribed radius in pixels
+    phase: tuple[int, int] = (0, 0)
+    seed: int = 0
+
+    @property
+    def caption(self) -> str:
+        return caption(self.color, self.texture, self.shape, self.background)
+
+
+def caption(color: str, texture: str, shape: str, background: str) -> str:
+    return f"a {color} {texture} {shape} on a {background} background"
+
+
+@dataclass
+class Sample:
+    spec: Spec
+    image: np.ndarray  # uint8 [H, W, 3]
+    mask: np.ndarray  # float32 [H, W] in [0, 1], anti-aliased shape coverage
+    extra: dict = field(default_factory=dict)
+
+
+def random_spec(rng: np.random.Generator, split: str = "train", seed: int = 0, **fixed) -> Spec:
+    """Draw a spec; split "train" avoids held-out triples, "heldout" uses only them, "all" anything."""
+    triples = all_triples(split)
+    c, t, s = triples[int(rng.integers(len(triples)))]
+    bg = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
+    radius = float(rng.uniform(13.0, 20.0))
+    margin = radius + 2.0
+    cx = float(rng.uniform(margin, SIZE - margin))
+    cy = float(rng.uniform(margin, SIZE - margin))
+    phase = (int(rng.integers(PERIOD)), int(rng.integers(PERIOD)))
+    values = dict(shape=s, color=c, texture=t, background=bg, cx=cx, cy=cy, radius=radius, phase=phase, seed=seed)
+    values.update(fixed)
+    return Spec(**values)
+
+
+def _polygon(spec: Spec, k: float) -> list[tuple[float, float]] | None:
+    cx, cy, r = spec.cx * k, spec.cy * k, spec.radius * k
+    if spec.shape == "square":
+        h = r / math.sqrt(2.0)
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if spec.shape == "triangle":
+        # shifted down so the triangle's area centre sits on (cx, cy)
+        return [(cx + r * math.cos(a), cy + r * 0.25 + r * math.sin(a))
+                for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    if spec.shape == "star":
+        pts = []
+        for i in range(10):
+            rad = r if i % 2 == 0 else r * 0.45
+            a = -math.pi / 2 + i * math.pi / 5
+            pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
+        return pts
+    return None
+
+
+def shape_mask(spec: Spec, size: int = SIZE) -> np.ndarray:
+    """Anti-aliased coverage of the shape, float32 [size, size]."""
+    k = SUPERSAMPLE * size / SIZE
+    big = Image.new("L", (size * SUPERSAMPLE, size * SUPERSAMPLE), 0)
+    draw = ImageDraw.Draw(big)
+    cx, cy, r = spec.cx * k, spec.cy * k, spec.radius * k
+    if spec.shape in ("circle", "ring"):
+        rr = r * 0.85  # a disc looks as big as the polygons of the same circumradius
+        draw.ellipse([cx - rr, cy - rr, cx + rr, cy + rr], fill=255)
+        if spec.shape == "ring":
+            ri = rr * 0.55
+            draw.ellipse([cx - ri, cy - ri, cx + ri, cy + ri], fill=0)
+    else:
+        draw.polygon(_polygon(spec, k), fill=255)
+    small = big.resize((size, size), Image.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def texture_pattern(texture: str, phase: tuple[int, int] = (0, 0), size: int = SIZE,
+                    rng: np.random.Generator | None = None) -> np.ndarray:
+    """Where the darker tone goes: float32 [size, size] in [0, 1]."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    px, py = phase
+    if texture == "solid":
+        return np.zeros((size, size), np.float32)
+    if texture == "striped":  # diagonal stripes, half dark
+        return (((xx + yy + px) % PERIOD) < PERIOD / 2).astype(np.float32)
+    if texture == "dotted":
+        dx = (xx + px) % PERIOD - PERIOD / 2 + 0.5
+        dy = (yy + py) % PERIOD - PERIOD / 2 + 0.5
+        return np.clip(2.6 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
+    if texture == "checkered":
+        return ((((xx + px) // (PERIOD / 2)) + ((yy + py) // (PERIOD / 2))) % 2).astype(np.float32)
+    if texture == "speckled":  # 2x2-pixel random speckles, about 40 % dark
+        rng = rng or np.random.default_rng(0)
+        cells = (rng.random((size // 2 + 1, size // 2 + 1)) < 0.4).astype(np.float32)
+        return np.kron(cells, np.ones((2, 2), np.float32))[:size, :size]
+    raise ValueError(f"unknown texture {texture!r}")
+
+
+def render(spec: Spec, size: int = SIZE) -> Sample:
+    rng = np.random.default_rng(spec.seed)
+    mask = shape_mask(spec, size)
+    base = np.array(COLORS[spec.color], np.float32)
+    pattern = texture_pattern(spec.texture, spec.phase, size, rng)[..., None]
+    fg = base * (1.0 - pattern) + base * DARK * pattern
+    bg = np.broadcast_to(np.array(BACKGROUNDS[spec.background], np.float32), fg.shape)
+    img = bg * (1.0 - mask[..., None]) + fg * mask[..., None]
+    return Sample(spec, np.clip(np.rint(img), 0, 255).astype(np.uint8), mask)
+
+
+def sample(index: int, seed: int = 0, split: str = "train", **fixed) -> Sample:
+    """The index-th sample of the stream with this seed (independent of every other index)."""
+    rng = np.random.default_rng([seed, index])
+    spec = random_spec(rng, split, seed=int(rng.integers(2**31)), **fixed)
+    return render(spec)
+
+
+def batch(start: int, count: int, seed: int = 0, split: str = "train") -> list[Sample]:
+    return [sample(start + i, seed, split) for i in range(count)]
+
+
+def to_tensor_images(samples: list[Sample]):
+    """[B, H, W, 3] float in [0, 1]: ComfyUI's IMAGE layout."""
+    import torch
+
+    return torch.from_numpy(np.stack([s.image for s in samples]).astype(np.float32) / 255.0)
