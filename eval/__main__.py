@@ -1,0 +1,73 @@
+"""Toy-world evaluation suite: `python -m eval [--quick] [--only quality,seg,cb,...]`.
+
+Writes tables (JSON + Markdown), image grids and plots to eval/out/ (or $CONDUIT_EVAL_OUT).
+`python -m eval train-classifier` retrains ToyNet (eval/weights/toynet.safetensors).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("eval")
+
+# name -> module in eval/ exposing run(quick: bool) -> dict
+SUITES = {"quality": "quality", "seg": "eval_seg", "cb": "eval_cb", "gradsam": "eval_gradsam", "cow": "eval_cow"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", nargs="?", default="run", choices=["run", "train-classifier"])
+    p.add_argument("--quick", action="store_true", help="few seeds and captions (the CI size)")
+    p.add_argument("--only", default="", help="comma-separated suites: " + ",".join(SUITES))
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.command == "train-classifier":
+        from . import classifier
+
+        print(json.dumps(classifier.train(), indent=1))
+        return 0
+    from conduit.host import find_host, import_host
+
+    import_host(find_host())
+    from conduit.pack import import_pack
+
+    import_pack(run_init=True)
+    names = [n for n in args.only.split(",") if n] or list(SUITES)
+    results, failed = {}, []
+    for name in names:
+        t0 = time.time()
+        try:
+            mod = importlib.import_module(f".{SUITES[name]}", __package__)
+        except ImportError as exc:
+            log.warning("suite %s unavailable: %s", name, exc)
+            results[name] = {"unavailable": str(exc)}
+            continue
+        try:
+            results[name] = mod.run(quick=args.quick)
+        except Exception as exc:  # noqa: BLE001  (one suite failing must not hide the others' results)
+            log.exception("suite %s failed", name)
+            results[name] = {"failed": repr(exc)}
+            failed.append(name)
+        log.info("suite %s done in %.1f s", name, time.time() - t0)
+    from . import report
+
+    (report.out_dir() / "summary.json").write_text(json.dumps(results, indent=1, default=float))
+    print(json.dumps(results, indent=1, default=float))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""ToyNet: a small CNN trained on procedural toy-world images; reads shape, colour, texture and background.
+
+Its pooled features are the feature space of the toy Fréchet distance (an FID stand-in).
+Train with `python -m eval train-classifier` (seeded, about 5 minutes on one CPU core); the weights are
+committed as eval/weights/toynet.safetensors.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toy import world
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "toynet.safetensors")
+HEADS = {"shape": list(world.SHAPES), "color": list(world.COLORS), "texture": list(world.TEXTURES),
+         "background": list(world.BACKGROUNDS)}
+
+
+class ToyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        chans = [3, 32, 32, 64, 64, 128]
+        layers = []
+        for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])):
+            layers += [nn.Conv2d(a, b, 3, stride=1 if i == 0 else 2, padding=1), nn.GroupNorm(8, b), nn.SiLU()]
+        self.body = nn.Sequential(*layers)
+        self.heads = nn.ModuleDict({k: nn.Linear(128, len(v)) for k, v in HEADS.items()})
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, 3, H, W] in [0, 1] -> [B, 128]."""
+        return self.body(x * 2 - 1).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)
+        return {k: head(f) for k, head in self.heads.items()}
+
+
+def to_nchw(images) -> torch.Tensor:
+    """ComfyUI IMAGE [B, H, W, 3] (tensor or array) -> [B, 3, 64, 64] float."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32)) if not torch.is_tensor(images) else images.float()
+    x = x.permute(0, 3, 1, 2)
+    if x.shape[-2:] != (world.SIZE, world.SIZE):
+        x = F.interpolate(x, size=(world.SIZE, world.SIZE), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def load(path: str = WEIGHTS) -> ToyNet:
+    from safetensors.torch import load_file
+
+    net = ToyNet()
+    net.load_state_dict(load_file(path))
+    net.eval()
+    return net
+
+
+@torch.no_grad()
+def predict(net: ToyNet, images) -> tuple[dict[str, list[str]], np.ndarray]:
+    """Labels per head and features [B, 128] for ComfyUI images [B, H, W, 3]."""
+    x = to_nchw(images)
+    feats, labels = [], {k: [] for k in HEADS}
+    for i in range(0, len(x), 128):
+        f = net.features(x[i:i + 128])
+        feats.append(f)
+        for k, head in net.heads.items():
+            labels[k] += [HEADS[k][j] for j in head(f).argmax(1).tolist()]
+    return labels, torch.cat(feats).numpy()
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Blur and noise like a small VAE's reconstructions, so generated images are read like real ones."""
+    b = x.shape[0]
+    sigma = torch.rand(b, generator=gen) * 1.2
+    out = []
+    for i in range(b):
+        s = float(sigma[i])
+        xi = x[i:i + 1]
+        if s > 0.2:
+            r = 3
+            k = torch.exp(-0.5 * (torch.arange(-r, r + 1).float() / s) ** 2)
+            k = k / k.sum()
+            xi = F.conv2d(F.pad(xi, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
+            xi = F.conv2d(F.pad(xi, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
+        out.append(xi)
+    x = torch.cat(out)
+    x = x + torch.randn(x.shape, generator=gen) * (torch.rand(b, 1, 1, 1, generator=gen) * 0.05)
+    return x.clamp(0, 1)
+
+
+def train(steps: int = 700, batch: int = 64, seed: int = 1234, path: str = WEIGHTS) -> dict[str, float]:
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = ToyNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    bar = tqdm(range(steps), desc="toynet", mininterval=10.0, file=sys.stderr)
+    for step in bar:
+        samples = world.batch(step * batch, batch, seed, "all")
+        x = augment(to_nchw(np.stack([s.image for s in samples]) / 255.0), gen)
+        out = net(x)
+        loss = sum(F.cross_entropy(out[k], torch.tensor([HEADS[k].index(getattr(s.spec, k)) for s in samples]))
+                   for k in HEADS)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    net.eval()
+    acc = accuracy_on_procedural(net, 512, seed + 1)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
+    return acc
+
+
+def accuracy_on_procedural(net: ToyNet, count: int = 512, seed: int = 99) -> dict[str, float]:
+    samples = world.batch(0, count, seed, "all")
+    labels, _ = predict(net, np.stack([s.image for s in samples]) / 255.0)
+    return {k: float(np.mean([a == getattr(s.spec, k) for a, s in zip(labels[k], samples)])) for k in HEADS}

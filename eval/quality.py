@@ -1,0 +1,90 @@
+"""Toy model quality: does a caption give the asked-for shape, colour, texture and background?
+
+Measured on held-out (colour, texture, shape) triples never seen in training and on training triples,
+with ToyNet labels, the palette distance, and the toy Fréchet distance to procedural images of the
+same captions. A random-weight UNet (same CLIP and VAE) is the floor.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from toy import world
+
+from . import classifier, measures, report
+from .gen import Toy
+
+log = logging.getLogger(__name__)
+
+
+def reference_images(captions: list[tuple[str, str, str, str]], per: int, seed: int = 7) -> np.ndarray:
+    """Procedural images of each (colour, texture, shape, background), positions drawn at random."""
+    out = []
+    for i, (c, t, s, b) in enumerate(captions):
+        for j in range(per):
+            out.append(world.sample(i * 1000 + j, seed, "all", color=c, texture=t, shape=s, background=b).image)
+    return np.stack(out).astype(np.float32) / 255.0
+
+
+def captions_for(split: str, limit: int | None = None, seed: int = 0) -> list[tuple[str, str, str, str]]:
+    caps = [(c, t, s, b) for (c, t, s) in world.all_triples(split) for b in world.BACKGROUNDS]
+    if limit is not None and len(caps) > limit:
+        rng = np.random.default_rng(seed)
+        caps = [caps[i] for i in sorted(rng.choice(len(caps), limit, replace=False))]
+    return caps
+
+
+def evaluate(toy: Toy, net, captions, seeds: int = 4, base_seed: int = 0, **sample_kw) -> tuple[dict, list[dict], list]:
+    rows, images, feats = [], [], []
+    for (c, t, s, b) in captions:
+        text = world.caption(c, t, s, b)
+        imgs = toy.generate(text, seed=base_seed, batch=seeds, **sample_kw)
+        labels, f = classifier.predict(net, imgs)
+        feats.append(f)
+        images.extend(imgs)
+        for k, img in enumerate(imgs):
+            rows.append({"caption": text, "seed": k,
+                         "shape": labels["shape"][k], "color": labels["color"][k], "texture": labels["texture"][k],
+                         "background": labels["background"][k],
+                         "shape_ok": labels["shape"][k] == s, "color_ok": labels["color"][k] == c,
+                         "texture_ok": labels["texture"][k] == t, "background_ok": labels["background"][k] == b,
+                         "palette_dist": measures.palette_distance(img, c)})
+    ref = reference_images(captions, seeds)
+    _, ref_feats = classifier.predict(net, ref)
+    summary = {key: float(np.mean([r[f"{key}_ok"] for r in rows])) for key in ("shape", "color", "texture", "background")}
+    summary["all_ok"] = float(np.mean([r["shape_ok"] and r["color_ok"] and r["texture_ok"] and r["background_ok"]
+                                       for r in rows]))
+    summary["palette_dist"] = float(np.nanmean([r["palette_dist"] for r in rows]))
+    summary["fd"] = measures.frechet_distance(np.concatenate(feats), ref_feats)
+    summary["n"] = len(rows)
+    return summary, rows, images
+
+
+def run(quick: bool = False) -> dict:
+    from .gen import load_toy
+
+    net = classifier.load()
+    seeds = 2 if quick else 4
+    results = {}
+    toy = load_toy()
+    splits = {"heldout": captions_for("heldout", 8 if quick else None),
+              "train": captions_for("train", 8 if quick else 44)}
+    for name, caps in splits.items():
+        summary, rows, images = evaluate(toy, net, caps, seeds)
+        results[name] = summary
+        report.write(f"quality_{name}", summary, rows, __doc__)
+        report.grid(images[: 16 * seeds], seeds * 4, report.out_dir() / f"quality_{name}.png", scale=2)
+    rand = load_toy(random_unet_seed=0)
+    summary, rows, _ = evaluate(rand, net, splits["heldout"], seeds)
+    results["random_unet_heldout"] = summary
+    report.write("quality_random_unet", summary, rows, "Random-weight UNet, same text encoder and VAE: the floor.")
+    ref = reference_images(splits["heldout"], seeds, seed=11)
+    results["toynet_on_procedural"] = classifier.accuracy_on_procedural(net)
+    table = [{"model": k, **{m: v for m, v in s.items()}} for k, s in results.items() if "fd" in s]
+    report.write("quality", {"chance_shape": 1 / len(world.SHAPES), "chance_color": 1 / len(world.COLORS),
+                             "chance_texture": 1 / len(world.TEXTURES), **{f"toynet_{k}": v for k, v in
+                                                                          results["toynet_on_procedural"].items()}},
+                 table, __doc__)
+    report.grid(list(ref[: 8 * seeds]), seeds * 4, report.out_dir() / "quality_reference.png", scale=2)
+    return results
