@@ -1,0 +1,166 @@
+"""Conditional Balance lambda_S: StyleAligned attention sharing only in the most style-sensitive layers.
+
+At every UNet call the planner turns the current sigma into the model's timestep, picks the table row nearest
+to it, and takes the top int(lambda_S * L) layers by q score and by k score. AdaIN runs on the projected
+queries of the q-selected layers and on the projected keys of the k-selected layers; the reference's keys and
+values are shared (appended to every target's) in the union. This happens in chained attn1 replaces, on
+post-projection q/k/v as in the official handler. The reference rows come from reference_branch.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import reference_branch, style_math
+from .attention import set_replace
+from .compat import model_sampling as get_model_sampling
+from .run_state import attach_run_reset
+from .schedule import in_window
+from .steps import sigma_to_percent
+from .tables import SensitivityTable
+
+log = logging.getLogger(__name__)
+
+MARKER = "conduit_balanced_style"  # transformer_options key; present only in calls that carry reference rows
+
+
+@dataclass(frozen=True)
+class StyleSettings:
+    strength: float = 0.43  # lambda_S
+    adain_q: bool = True
+    adain_k: bool = True
+    share: bool = True
+    ref_scale: float = 1.0  # official shared_score_scale: multiplies the appended reference keys
+    ref_shift: float = 0.0  # official shared_score_shift: added to the logits of the reference tokens
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+
+    @property
+    def active(self) -> bool:
+        return self.strength > 0 and (self.adain_q or self.adain_k or self.share)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What each layer does in one UNet call."""
+    q_layers: frozenset
+    k_layers: frozenset
+    settings: StyleSettings
+
+    def flags(self, key: tuple) -> tuple[bool, bool, bool]:
+        in_q, in_k = key in self.q_layers, key in self.k_layers
+        s = self.settings
+        return in_q and s.adain_q, in_k and s.adain_k, (in_q or in_k) and s.share
+
+    @property
+    def empty(self) -> bool:
+        return not any(any(self.flags(k)) for k in self.q_layers | self.k_layers)
+
+
+@dataclass
+class LayerSelector:
+    """Top-N layers per table row, cached (rows are few, calls are many)."""
+    table: SensitivityTable
+    strength: float
+    _rows: dict[int, tuple[frozenset, frozenset]] = field(default_factory=dict)
+
+    def at(self, timestep: float) -> tuple[frozenset, frozenset]:
+        row = self.table.row_for(timestep)
+        if row not in self._rows:
+            t = self.table.timesteps[row]
+            self._rows[row] = (frozenset(self.table.top_layers("q", t, self.strength)),
+                               frozenset(self.table.top_layers("k", t, self.strength)))
+        return self._rows[row]
+
+
+def styled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict, inner: Any,
+                     adain_q: bool, adain_k: bool, share: bool, settings: StyleSettings) -> torch.Tensor:
+    """One layer's attention for a batch whose chunks each start with their reference row."""
+    refs, targets, owner = style_math.split_expanded(q.shape[0], extra["cond_or_uncond"])
+    refs, targets, owner = refs.to(q.device), targets.to(q.device), owner.to(q.device)
+    qr, kr, vr = q[refs], k[refs], v[refs]
+    qt, kt, vt = q[targets], k[targets], v[targets]
+    if adain_q:
+        qt = style_math.adain(qt, qr[owner])
+    if adain_k:
+        kt = style_math.adain(kt, kr[owner])
+    if share:
+        n_own = kt.shape[1]
+        kt = style_math.extend_with_reference(kt, kr[owner], settings.ref_scale)
+        vt = style_math.extend_with_reference(vt, vr[owner])
+        if settings.ref_shift != 0.0:
+            bias = style_math.reference_bias(n_own, kt.shape[1] - n_own, settings.ref_shift, qt)
+            out_t = style_math.attention(qt, kt, vt, extra["n_heads"], bias)
+        else:
+            out_t = inner(qt, kt, vt, extra)
+    else:
+        out_t = inner(qt, kt, vt, extra)
+    # Sharing with itself and AdaIN to itself leave the reference unchanged, so it takes plain attention.
+    out_r = inner(qr, kr, vr, extra)
+    out = out_t.new_empty((q.shape[0], *out_t.shape[1:]))
+    out[targets] = out_t
+    out[refs] = out_r.to(out_t.dtype)
+    return out
+
+
+def make_replace(key: tuple):
+    def make(inner):
+        def attn1(q, k, v, extra):
+            plan: StepPlan | None = extra.get(MARKER)
+            if plan is None:
+                return inner(q, k, v, extra)
+            adain_q, adain_k, share = plan.flags(key)
+            if not (adain_q or adain_k or share):
+                return inner(q, k, v, extra)
+            return styled_attention(q, k, v, extra, inner, adain_q, adain_k, share, plan.settings)
+        return attn1
+    return make
+
+
+class Planner:
+    """Decides per UNet call whether the reference joins the batch and which layers it styles."""
+
+    def __init__(self, base_model: Any, model_sampling: Any, reference: Any, selector: LayerSelector,
+                 settings: StyleSettings) -> None:
+        self.base_model = base_model
+        self.model_sampling = model_sampling
+        self.reference = reference
+        self.selector = selector
+        self.settings = settings
+
+    def plan_at(self, sigma: torch.Tensor) -> StepPlan | None:
+        s = self.settings
+        sig = torch.as_tensor(sigma).flatten()[:1]
+        if not in_window(sigma_to_percent(self.model_sampling, float(sig)), s.start_percent, s.end_percent):
+            return None
+        timestep = float(self.model_sampling.timestep(sig.cpu()).flatten()[0])
+        q_layers, k_layers = self.selector.at(timestep)
+        plan = StepPlan(q_layers, k_layers, s)
+        return None if plan.empty else plan
+
+    def __call__(self, apply: Any, x: torch.Tensor, t: torch.Tensor, c: dict):
+        plan = self.plan_at(t)
+        if plan is None:
+            return None
+        ref_x = self.reference.at(self.base_model, self.model_sampling, t.flatten()[0], x, apply=apply, c=c)
+        return ref_x, plan
+
+
+def apply_balanced_style(model_patcher: Any, table: SensitivityTable, reference: Any,
+                         settings: StyleSettings) -> Any:
+    """A patched clone; the input patcher is untouched. With nothing to do, a plain clone."""
+    m = model_patcher.clone()
+    if not settings.active:
+        return m
+    selector = LayerSelector(table, settings.strength)
+    planner = Planner(m.model, get_model_sampling(m), reference, selector, settings)
+    for key in table.layer_keys:
+        set_replace(m, "attn1", key, make_replace(key))
+    reference_branch.install(m, MARKER, planner)
+    state = getattr(reference, "state", None)
+    if state is not None:
+        attach_run_reset(m, MARKER, state)
+    return m

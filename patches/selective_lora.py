@@ -1,0 +1,96 @@
+"""Apply a LoRA only inside the transformer blocks of chosen self-attention layers (B-LoRA-style splitting).
+
+ComfyUI's own LoRA path does the loading (key map, every LoRA format it knows, alpha handling); the patches it
+produces are then kept only for weights inside the selected layers' BasicTransformerBlocks.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from . import style_math
+from .tables import SensitivityTable
+
+log = logging.getLogger(__name__)
+
+MODES = ("style layers", "content layers")
+
+
+def static_style_layers(table: SensitivityTable, strength: float) -> list[tuple]:
+    """The union of the top int(lambda_S * L) layers by q and by k, ranked by the mean score over timesteps.
+
+    A LoRA weight cannot change per step, so the per-timestep rows are averaged first."""
+    n = style_math.style_layer_count(strength, table.num_layers)
+    chosen: list[int] = []
+    for feature in ("q", "k"):
+        if feature in table.scores:
+            for i in style_math.top_indices(table.scores[feature].mean(dim=0), n):
+                if i not in chosen:
+                    chosen.append(i)
+    return [table.layer_keys[i] for i in sorted(chosen)]
+
+
+def layer_weight_prefixes(model_patcher: Any, keys: list[tuple]) -> list[str]:
+    """State-dict prefixes "diffusion_model.<blocks>.<id>.<pos>.transformer_blocks.<index>." of the layers."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    unet = model_patcher.model.diffusion_model
+    prefixes = []
+    for block, block_id, index in keys:
+        if block == "middle":
+            name, module = "middle_block", unet.middle_block
+        else:
+            name = f"{block}_blocks.{block_id}"
+            module = (unet.input_blocks if block == "input" else unet.output_blocks)[block_id]
+        pos = next(i for i, child in enumerate(module) if isinstance(child, SpatialTransformer))
+        prefixes.append(f"diffusion_model.{name}.{pos}.transformer_blocks.{index}.")
+    return prefixes
+
+
+def load_unet_patches(model_patcher: Any, lora_sd: dict[str, torch.Tensor]) -> dict:
+    """ComfyUI's LoRA patches for the UNet: {model weight key (or (key, ...) tuple): patch}."""
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
+    try:
+        import comfy.lora_convert
+
+        lora_sd = comfy.lora_convert.convert_lora(lora_sd)
+    except ImportError:  # the pinned host has no converter; its loader reads the same formats directly
+        pass
+    return comfy.lora.load_lora(lora_sd, key_map)
+
+
+def _weight_name(key: Any) -> str:
+    return key[0] if isinstance(key, tuple) else key
+
+
+def filter_patches(patches: dict, prefixes: list[str], keep_inside: bool) -> dict:
+    """Patches whose weight lies inside (keep_inside) or outside the given transformer blocks."""
+    def inside(key: Any) -> bool:
+        name = _weight_name(key)
+        return any(name.startswith(p) for p in prefixes)
+
+    return {k: v for k, v in patches.items() if inside(k) == keep_inside}
+
+
+def apply_selective_lora(model_patcher: Any, lora_sd: dict[str, torch.Tensor], strength: float,
+                         layer_keys: list[tuple], node: str) -> tuple[Any, int]:
+    """(patched clone, number of patched weights); the input model itself when nothing matches."""
+    patches = load_unet_patches(model_patcher, lora_sd)
+    if not patches:
+        log.warning("%s: the LoRA has no weights that match this model's UNet; the model is returned unchanged.",
+                    node)
+        return model_patcher, 0
+    prefixes = layer_weight_prefixes(model_patcher, layer_keys)
+    selected = filter_patches(patches, prefixes, keep_inside=True)
+    if not selected:
+        log.warning("%s: none of the LoRA's %d UNet weights lie in the %d selected attention layers; the model is "
+                    "returned unchanged.", node, len(patches), len(layer_keys))
+        return model_patcher, 0
+    m = model_patcher.clone()
+    added = m.add_patches(selected, strength)
+    log.info("%s: applied %d of %d LoRA weights (%d layers).", node, len(added), len(patches), len(layer_keys))
+    return m, len(added)

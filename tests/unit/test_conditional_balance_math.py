@@ -1,0 +1,146 @@
+"""Conditional Balance math against independent computations: AdaIN, shared attention, reference rows, gate."""
+import math
+
+import pytest
+import torch
+
+from conduit.pack import pack_module
+
+sm = pack_module("patches.style_math")
+gate = pack_module("patches.controlnet_gate")
+
+
+def loop_adain(x, ref):
+    """Per row and channel with explicit Python sums: mean, unbiased variance + 1e-5, then rescale."""
+    out = torch.empty_like(x, dtype=torch.float64)
+    b, n, c = x.shape
+    for i in range(b):
+        r = ref[i] if ref.shape[0] == b else ref[0]
+        for ch in range(c):
+            xs = [float(v) for v in x[i, :, ch]]
+            rs = [float(v) for v in r[:, ch]]
+            mx, mr = sum(xs) / n, sum(rs) / len(rs)
+            sx = math.sqrt(sum((v - mx) ** 2 for v in xs) / (n - 1) + 1e-5)
+            sr = math.sqrt(sum((v - mr) ** 2 for v in rs) / (len(rs) - 1) + 1e-5)
+            for t in range(n):
+                out[i, t, ch] = (xs[t] - mx) / sx * sr + mr
+    return out
+
+
+def loop_attention(q, k, v, heads, shift=0.0, n_own=None):
+    """softmax(q k^T / sqrt(d) [+ shift on reference tokens]) v, one head and one query at a time."""
+    b, n, c = q.shape
+    d = c // heads
+    out = torch.zeros(b, n, c, dtype=torch.float64)
+    for i in range(b):
+        for h in range(heads):
+            sl = slice(h * d, (h + 1) * d)
+            for t in range(n):
+                logits = [float(q[i, t, sl].double() @ k[i, j, sl].double()) / math.sqrt(d) for j in range(k.shape[1])]
+                if n_own is not None:
+                    logits = [lg + (shift if j >= n_own else 0.0) for j, lg in enumerate(logits)]
+                m = max(logits)
+                w = [math.exp(lg - m) for lg in logits]
+                z = sum(w)
+                out[i, t, sl] = sum((w[j] / z) * v[i, j, sl].double() for j in range(k.shape[1]))
+    return out
+
+
+def test_adain_matches_loop_and_maps_reference_to_itself():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 5, generator=g) * 2 + 1
+    ref = torch.randn(1, 9, 5, generator=g) * 0.5 - 3
+    assert torch.allclose(sm.adain(x, ref).double(), loop_adain(x, ref), atol=1e-5)
+    per_row = torch.randn(3, 7, 5, generator=g)
+    assert torch.allclose(sm.adain(x, per_row).double(), loop_adain(x, per_row), atol=1e-5)
+    assert torch.allclose(sm.adain(ref, ref), ref, atol=1e-5)
+    mean, std = sm.channel_stats(sm.adain(x, ref))
+    rmean, rstd = sm.channel_stats(ref)
+    assert torch.allclose(mean, rmean.expand_as(mean), atol=1e-5)
+    assert torch.allclose(std, rstd.expand_as(std), atol=1e-4)
+
+
+@pytest.mark.parametrize("scale,shift", [(1.0, 0.0), (0.5, 0.0), (1.0, math.log(2.0)), (0.7, -0.4)])
+def test_shared_attention_matches_loop(scale, shift):
+    g = torch.Generator().manual_seed(1)
+    heads, n, n_ref, c = 2, 5, 6, 8
+    q, k, v = (torch.randn(2, n, c, generator=g) for _ in range(3))
+    kr, vr = torch.randn(1, n_ref, c, generator=g), torch.randn(1, n_ref, c, generator=g)
+    k_ext = sm.extend_with_reference(k, kr, scale)
+    v_ext = sm.extend_with_reference(v, vr)
+    bias = sm.reference_bias(n, n_ref, shift, q) if shift else None
+    got = sm.attention(q, k_ext, v_ext, heads, bias).double()
+    k_manual = torch.cat([k, scale * kr.expand(2, -1, -1)], 1)
+    v_manual = torch.cat([v, vr.expand(2, -1, -1)], 1)
+    want = loop_attention(q, k_manual, v_manual, heads, shift, n_own=n)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_sharing_with_itself_leaves_reference_output_unchanged():
+    """Why the reference row may take plain attention: [K;K], [V;V] gives the same softmax average."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 6, 8, generator=g) for _ in range(3))
+    plain = sm.attention(q, k, v, 2)
+    for shift in (0.0, 0.69):
+        bias = sm.reference_bias(6, 6, shift, q)
+        doubled = sm.attention(q, torch.cat([k, k], 1), torch.cat([v, v], 1), 2, bias)
+        assert torch.allclose(plain, doubled, atol=1e-5)
+
+
+@pytest.mark.parametrize("cou,m", [([0], 1), ([1, 0], 1), ([1, 0], 3), ([0, 1, 2], 2)])
+def test_reference_rows_round_trip_and_layout(cou, m):
+    b = len(cou) * m
+    x = torch.arange(b, dtype=torch.float32).view(b, 1, 1) + 10
+    ref = torch.tensor([-1.0]).view(1, 1, 1)
+    ex = sm.insert_rows(x, cou, ref)
+    assert ex.shape[0] == b + len(cou)
+    # independent expectation: [ref, chunk rows] for every chunk
+    want = []
+    for c in range(len(cou)):
+        want += [-1.0] + [10.0 + c * m + j for j in range(m)]
+    assert ex.flatten().tolist() == want
+    assert torch.equal(sm.strip_rows(ex, cou), x)
+    refs, targets, owner = sm.split_expanded(ex.shape[0], cou)
+    assert ex[refs].flatten().tolist() == [-1.0] * len(cou)
+    assert torch.equal(ex[targets], x)
+    assert owner.tolist() == [c for c in range(len(cou)) for _ in range(m)]
+    copied = sm.insert_rows(x, cou)  # reference inherits its chunk's first row
+    assert copied[refs].flatten().tolist() == [10.0 + c * m for c in range(len(cou))]
+    zeros = sm.insert_zero_rows(x, cou)
+    assert zeros[refs].abs().sum() == 0 and torch.equal(zeros[targets], x)
+
+
+def test_reference_rows_reject_uneven_batches():
+    with pytest.raises(ValueError):
+        sm.expanded_rows(3, [0, 1])
+    with pytest.raises(ValueError):
+        sm.split_expanded(2, [0, 1])  # two chunks of one row each cannot hold reference + target
+
+
+def test_style_layer_count_and_top_indices():
+    assert [sm.style_layer_count(s, 70) for s in (0.0, 0.43, 0.57, 1.0)] == [0, 30, 39, 70]
+    with pytest.raises(ValueError):
+        sm.style_layer_count(1.5, 70)
+    scores = torch.tensor([0.5, 0.1, 0.3, 0.1, 0.9])
+    assert sm.top_indices(scores, 3) == [1, 3, 2]  # ties keep layer order
+    assert sm.top_indices(scores, 0) == []
+
+
+def test_gate_window_rule():
+    s = gate.GateSettings(0.85)
+    assert [s.gated(t) for t in (999, 850, 849.9, 500, 0)] == [False, False, True, True, True]
+    inv = gate.GateSettings(0.85, invert=True)
+    assert [inv.gated(t) for t in (999, 850, 849, 0)] == [True, True, False, False]
+    assert gate.GateSettings(0.0).never and not gate.GateSettings(0.0).gated(0)
+    assert not gate.GateSettings(0.0, invert=True).never and gate.GateSettings(0.0, invert=True).gated(0)
+    assert all(gate.GateSettings(1.0).gated(t) for t in range(1000))
+
+
+def test_gate_residuals_keeps_mid_only():
+    a, b, mid = torch.ones(1), torch.ones(2), torch.ones(3)
+    control = {"input": [a], "middle": [mid], "output": [a, None, b]}
+    out = gate.gate_residuals(control, gate_mid=False)
+    assert out == {"input": [None], "middle": [mid], "output": [None, None, None]}
+    assert control["output"][0] is a  # the original dict is not modified
+    assert gate.gate_residuals(control, gate_mid=True)["middle"] == [None]
+    assert gate.gate_residuals(None, False) is None
