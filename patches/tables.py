@@ -17,7 +17,7 @@ from typing import Any
 from .errors import ConduitError
 from .tables_math import (  # noqa: F401  (re-exported: the table API lives here for node code)
     ANALYSIS_NODE, DIMENSIONS, FEATURES, FIX_REGENERATE, SCHEMA_ID, TABLE_VERSION, LayerKey, SensitivityTable,
-    comfy_order, diffusers_attn1_key, key_short, load_table, parse_table, save_table,
+    comfy_order, diffusers_attn1_key, key_short, load_table, parse_table, save_table, summary,
 )
 
 SOCKET = "SENSITIVITY_TABLE"  # ComfyUI socket type carrying a SensitivityTable between nodes

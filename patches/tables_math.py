@@ -278,3 +278,22 @@ def comfy_order(keys: Sequence[LayerKey]) -> list[int]:
     """Column permutation that puts keys in UNet forward order: input, middle, output (then joint blocks)."""
     rank = {b: i for i, b in enumerate(BLOCK_NAMES)}
     return sorted(range(len(keys)), key=lambda c: (rank[keys[c][0]], keys[c][1], keys[c][2]))
+
+
+def summary(table: SensitivityTable, lambda_s: float = 0.43) -> str:
+    """Human-readable digest: shape, the layers most often inside the λS cut, and the timestep ranking."""
+    n = table.count_for(lambda_s)
+    lines = [f"{table.family} {table.dimension} table: {table.num_layers} layers x {len(table.timesteps)} "
+             f"timesteps, features {', '.join(table.features)}; lambda_S {lambda_s:g} -> {n} layers per step"]
+    for f in table.features:
+        counts = [0] * table.num_layers
+        for t in table.timesteps:
+            for c in table.ranking(f, t)[:n]:
+                counts[c] += 1
+        best = sorted(range(table.num_layers), key=lambda c: (-counts[c], c))[: min(12, max(n, 1))]
+        picked = ", ".join(f"{key_short(table.layer_keys[c])} ({counts[c]}/{len(table.timesteps)})" for c in best)
+        lines.append(f"{f}: most often selected: {picked}")
+        ranked = table.timestep_ranking(f)
+        lines.append(f"{f}: timesteps by mean score (most sensitive first): "
+                     + ", ".join(str(t) for t in ranked[:12]) + (" ..." if len(ranked) > 12 else ""))
+    return "\n".join(lines)

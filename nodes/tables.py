@@ -1,0 +1,222 @@
+"""Sensitivity tables: analyse a model (Conditional Balance's layer grading), load shipped tables, draw heatmaps."""
+from __future__ import annotations
+
+import logging
+import os
+
+from ..patches.errors import ConduitError
+from ..patches.table_heatmap import render, to_comfy_image
+from ..patches.tables import SOCKET, builtin_names, resolve_table, save_table, summary
+
+log = logging.getLogger(__name__)
+ANALYSIS = "Conduit Sensitivity Analysis"
+LOADER = "Conduit Load Sensitivity Table"
+HEATMAP = "Conduit Sensitivity Heatmap"
+PAPER = "Conditional Balance (CVPR 2025)"
+LAMBDA_TIP = (f"lambda_S from {PAPER}: the fraction of layers counted as style layers at each timestep "
+              "(0.43 -> the 30 most sensitive of SDXL's 70); values above 1 are a layer count. Default 0.43.")
+
+
+def parse_groups(text: str) -> list[list[str]]:
+    """One group per non-empty line; several prompts in a group are separated by '|'."""
+    groups = []
+    for line in text.splitlines():
+        prompts = [p.strip() for p in line.split("|") if p.strip()]
+        if prompts and not line.lstrip().startswith("#"):
+            groups.append(prompts)
+    return groups
+
+
+class ConduitSensitivityAnalysis:
+    DESCRIPTION = (f"Grades every self-attention layer of an SD1.x/SD2.x/SDXL model at every timestep, as in {PAPER}: "
+                   "it samples each group of prompts (and/or images) while hooks record the token mean and std of "
+                   "q, k and v, then scores each layer by the mean within-group / mean between-group Jensen-Shannon "
+                   "distance (lower = more sensitive). Writes a table file the style injection nodes accept.")
+    CATEGORY = "conduit/tables"
+    RETURN_TYPES = (SOCKET, "STRING")
+    RETURN_NAMES = ("table", "summary")
+    OUTPUT_TOOLTIPS = ("The sensitivity table, to wire into injection or heatmap nodes.",
+                       "Where the table was saved, the layers most often selected and the timestep ranking.")
+    FUNCTION = "analyse"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        import comfy.samplers
+
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The SD1.x, SD2.x or SDXL model to analyse."}),
+                "clip": ("CLIP", {"tooltip": "Text encoder of the same checkpoint, to encode the prompts."}),
+                "groups": ("STRING", {
+                    "multiline": True,
+                    "default": "an oil painting in the style of Van Gogh\n"
+                               "a watercolor painting in the style of Winslow Homer\n"
+                               "a pointillism painting in the style of Seurat\n"
+                               "an ink drawing in the style of Hokusai",
+                    "tooltip": "One group per line (a style for dimension 'style', a layout/structure for "
+                               "'structure'); several prompts in one group are separated by '|'. Lines starting "
+                               f"with # are ignored. {PAPER} used 10 artist styles."}),
+                "content": ("STRING", {
+                    "multiline": False, "default": "A dark brown rabbit",
+                    "tooltip": "Shared text prepended to every prompt as '<content>, <group prompt>' (the paper's "
+                               "content prompt; default 'A dark brown rabbit'). Leave empty to use the group "
+                               "prompts alone. Also the prompt used when probing images."}),
+                "negative": ("STRING", {"multiline": False, "default": "",
+                                        "tooltip": "Negative prompt for every sample. Default empty."}),
+                "samples_per_group": ("INT", {
+                    "default": 3, "min": 1, "max": 64,
+                    "tooltip": "Images sampled per prompt; sample j uses seed + j in every group, so groups differ "
+                               "only by their prompt. Needs >= 2 to measure within-group spread. Paper: 5."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 200,
+                                  "tooltip": "Sampling steps; the table gets one row per step. Paper: 50."}),
+                "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                                  "tooltip": "Classifier-free guidance. Paper: 5.0. Cond and uncond statistics "
+                                             "are both recorded (uncond is absent when cfg is 1)."}),
+                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {
+                    "default": "euler", "tooltip": "Sampler; it must evaluate the model at every schedule step. "
+                                                   "Default euler (the paper used diffusers' Euler)."}),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {
+                    "default": "normal", "tooltip": "Noise schedule. Default normal."}),
+                "width": ("INT", {"default": 1024, "min": 64, "max": 8192, "step": 8,
+                                  "tooltip": "Width of the sampled images in pixels. Paper: 1024."}),
+                "height": ("INT", {"default": 1024, "min": 64, "max": 8192, "step": 8,
+                                   "tooltip": "Height of the sampled images in pixels. Paper: 1024."}),
+                "seed": ("INT", {"default": 10, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "First seed; sample j of every group uses seed + j. Paper: 10."}),
+                "dimension": (["style", "structure"], {
+                    "default": "style",
+                    "tooltip": "What the groups differ in. 'style' ranks layers for style injection (lambda_S); "
+                               "'structure' tables also rank timesteps for the ControlNet gate (lambda_T)."}),
+                "filename_prefix": ("STRING", {
+                    "default": "sensitivity/table",
+                    "tooltip": "Where the table JSON is written, relative to ComfyUI's output folder."}),
+            },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": "Optional images to analyse as extra groups (e.g. style "
+                                                "references): consecutive runs of images_per_group images form "
+                                                "one group. Each image is noised to every step and evaluated once."}),
+                "vae": ("VAE", {"tooltip": "VAE to encode the images; required when images are connected."}),
+                "images_per_group": ("INT", {"default": 2, "min": 1, "max": 64,
+                                             "tooltip": "How many consecutive images form one group. Default 2."}),
+            },
+        }
+
+    def analyse(self, model, clip, groups: str, content: str, negative: str, samples_per_group: int, steps: int,
+                cfg: float, sampler_name: str, scheduler: str, width: int, height: int, seed: int, dimension: str,
+                filename_prefix: str, images=None, vae=None, images_per_group: int = 2):
+        import comfy.utils
+        import folder_paths
+        import nodes as comfy_nodes
+
+        from ..patches.analysis import AnalysisItem, AnalysisSettings, analyse
+
+        def encode(text: str):
+            return comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
+
+        negative_cond = encode(negative)
+        items: list[AnalysisItem] = []
+        for g, prompts in enumerate(parse_groups(groups)):
+            for p in prompts:
+                text = f"{content}, {p}" if content.strip() else p
+                items.append(AnalysisItem(g, encode(text), negative_cond,
+                                          [seed + j for j in range(samples_per_group)], label=p))
+        if images is not None:
+            if vae is None:
+                raise ConduitError(ANALYSIS, "images are connected but no VAE.",
+                                   "connect the checkpoint's VAE to the vae input.")
+            first = len({i.group for i in items})
+            probe = encode(content)
+            for i in range(images.shape[0]):
+                latent = vae.encode(images[i:i + 1, :, :, :3])
+                items.append(AnalysisItem(first + i // images_per_group, probe, negative_cond, [seed],
+                                          latent=latent, label=f"image {i + 1}"))
+        settings = AnalysisSettings(steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler,
+                                    latent_hw=(height // 8, width // 8), dimension=dimension,
+                                    provenance={"content": content, "negative": negative, "seed": seed})
+        total = sum(steps for _ in items) + steps
+        bar = comfy.utils.ProgressBar(total)
+        table = analyse(model, items, settings, ANALYSIS, progress=bar.update)
+
+        out_dir = folder_paths.get_output_directory()
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
+        filename = f"{name}_{counter:05}_.json"
+        save_table(table, os.path.join(folder, filename))
+        text = f"saved {os.path.join(subfolder, filename)}\n" + summary(table)
+        log.info("%s: %s", ANALYSIS, text.splitlines()[0])
+        ui = {"text": [text], "tables": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}
+        return {"ui": ui, "result": (table, text)}
+
+
+class ConduitLoadSensitivityTable:
+    DESCRIPTION = ("Loads a sensitivity table: one shipped with Conduit (the published Conditional Balance tables) "
+                   "or a JSON file written by the Sensitivity Analysis node. The file is validated.")
+    CATEGORY = "conduit/tables"
+    RETURN_TYPES = (SOCKET, "STRING")
+    RETURN_NAMES = ("table", "summary")
+    OUTPUT_TOOLTIPS = ("The table, for injection or heatmap nodes.",
+                       "Family, size, the layers most often selected and the timestep ranking.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = builtin_names() or ["sdxl_style_qk"]
+        return {"required": {
+            "table": (names, {"default": "sdxl_style_qk" if "sdxl_style_qk" in names else names[0],
+                              "tooltip": "A shipped table: sdxl_style_qk (the paper's main SDXL table, q/k), "
+                                         "sdxl_style_qkv (q/k/v), sd35l_style_qkv (SD3.5-Large, data only). "
+                                         "Default sdxl_style_qk."}),
+            "path": ("STRING", {"default": "",
+                                "tooltip": "Optional: a table JSON file to load instead, absolute or relative to "
+                                           "ComfyUI's output folder (e.g. sensitivity/table_00001_.json)."}),
+        }}
+
+    def load(self, table: str, path: str):
+        source = table
+        if path.strip():
+            import folder_paths
+
+            p = path.strip()
+            source = p if os.path.isabs(p) else os.path.join(folder_paths.get_output_directory(), p)
+        loaded = resolve_table(source, LOADER)
+        return (loaded, summary(loaded))
+
+
+class ConduitSensitivityHeatmap:
+    DESCRIPTION = ("Draws a sensitivity table as an image: layers (rows, UNet order, labelled) by timesteps "
+                   "(columns, noisiest first), bright = more sensitive, with a white line around the lambda_S "
+                   "cut (the layers style injection would use at each step).")
+    CATEGORY = "conduit/tables"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("heatmap",)
+    OUTPUT_TOOLTIPS = ("The heatmap as an image; connect Preview Image or Save Image.",)
+    FUNCTION = "draw"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "table": (SOCKET, {"tooltip": "A table from the Sensitivity Analysis or Load Sensitivity Table node."}),
+            "lambda_s": ("FLOAT", {"default": 0.43, "min": 0.0, "max": 200.0, "step": 0.01, "tooltip": LAMBDA_TIP}),
+            "features": (["all", "q", "k", "v"], {"default": "all",
+                                                 "tooltip": "Which features to draw, one panel each. Default all."}),
+        }}
+
+    def draw(self, table, lambda_s: float, features: str):
+        table = resolve_table(table, HEATMAP)
+        if features != "all" and features not in table.scores:
+            raise ConduitError(HEATMAP, f"the table has no {features!r} scores (it has {', '.join(table.features)}).",
+                               "pick 'all' or one of the table's features.")
+        img = render(table, lambda_s, None if features == "all" else [features])
+        return (to_comfy_image(img),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "ConduitSensitivityAnalysis": ConduitSensitivityAnalysis,
+    "ConduitLoadSensitivityTable": ConduitLoadSensitivityTable,
+    "ConduitSensitivityHeatmap": ConduitSensitivityHeatmap,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ConduitSensitivityAnalysis": ANALYSIS,
+    "ConduitLoadSensitivityTable": LOADER,
+    "ConduitSensitivityHeatmap": HEATMAP,
+}
