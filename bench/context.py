@@ -13,7 +13,7 @@ from .harness import BenchContext
 
 # CPU: small latents and few steps keep the full SDXL topology affordable; a GPU runs it at 1024².
 SETTINGS = {
-    ("tiny", "cpu"): ((32, 32), 8, 5),
+    ("tiny", "cpu"): ((32, 32), 8, 9),
     ("sdxl_full", "cpu"): ((32, 32), 4, 3),
     ("tiny", "cuda"): ((64, 64), 20, 5),
     ("sdxl_full", "cuda"): ((128, 128), 20, 3),

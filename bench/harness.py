@@ -1,12 +1,12 @@
 """Timing harness shared by every bench/cases_<technique>.py module.
 
 A case module exports `cases(ctx: BenchContext) -> list[Row]`. Each row times a baseline and a patched
-callable alternately in the same process (interleaved repeats, median), so machine noise hits both equally.
+callable alternately in the same process and keeps the best of the interleaved repeats: other load on the
+machine only ever slows a run down, so the minimum is the least noisy estimate of each one's own cost.
 """
 from __future__ import annotations
 
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -79,7 +79,7 @@ def time_once(fn: Callable[[], Any], device: torch.device) -> float:
 
 def time_pair(baseline: Callable[[], Any], patched: Callable[[], Any], device: torch.device,
               repeats: int = 3, warmup: int = 1) -> tuple[float, float]:
-    """Median seconds of each, measured alternately after warm-up runs of both."""
+    """Best-of-repeats seconds of each, measured alternately after warm-up runs of both."""
     for _ in range(warmup):
         baseline()
         patched()
@@ -88,4 +88,4 @@ def time_pair(baseline: Callable[[], Any], patched: Callable[[], Any], device: t
         order = (baseline, patched) if i % 2 == 0 else (patched, baseline)
         for fn in order:
             (b if fn is baseline else p).append(time_once(fn, device))
-    return statistics.median(b), statistics.median(p)
+    return min(b), min(p)
