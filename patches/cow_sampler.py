@@ -78,6 +78,7 @@ def _denoiser(model, extra_args: dict, phase: str | None = None) -> Callable[[to
     return denoise
 
 
+@torch.no_grad()
 def sample_invert(model, x, sigmas, extra_args=None, callback=None, disable=None, record=None):
     """KSAMPLER function: sigmas ascend from 0; every intermediate latent is appended to `record`."""
     path = invert_path(_denoiser(model, extra_args, "invert"), x, [float(s) for s in sigmas])
@@ -241,6 +242,7 @@ def _masked_denoiser(spec: CowSpec, model, x: torch.Tensor, extra_args: dict, la
     return denoise
 
 
+@torch.no_grad()
 def sample_cow(model, x, sigmas, extra_args=None, callback=None, disable=None, cow: CowSpec | None = None):
     """KSAMPLER function running the cyclic one-way schedule on the sampler's sigmas."""
     spec = cow
@@ -280,7 +282,7 @@ def sample_cow(model, x, sigmas, extra_args=None, callback=None, disable=None, c
             else:
                 denoised = model(x, x.new_full((x.shape[0],), s), **{**extra_args, "model_options": options})
             eta = spec.eta_cycle if op.phase == "cycle" else spec.eta_final
-            down, up = cm.ancestral_sigmas(s, s_next, eta)
+            up = cm.ancestral_sigmas(s, s_next, eta)[1]
             x = cm.ddim_step(x, denoised, s, s_next, eta, noise_like(x) if up > 0 else None)
             done += 1
             if callback is not None:
