@@ -1,0 +1,67 @@
+"""The toy model and a reduced toy-world evaluation: only effects that are clear at a few seeds."""
+import numpy as np
+import pytest
+import torch
+
+from conduit.pack import pack_module
+
+from eval import classifier, measures, quality
+from eval.gen import Toy, load_toy
+from toy import world
+
+layers = pack_module("patches.layers")
+demo = pack_module("nodes.demo_model")
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def toy() -> Toy:
+    return load_toy()
+
+
+@pytest.fixture(scope="module")
+def net():
+    return classifier.load()
+
+
+def test_demo_loader_node_under_inference_mode():
+    node = demo.NODE_CLASS_MAPPINGS["ConduitDemoToyModelLoader"]()
+    assert node.CATEGORY == "conduit/demo" and "demo only" in demo.NODE_DISPLAY_NAME_MAPPINGS[
+        "ConduitDemoToyModelLoader"]
+    with torch.inference_mode():
+        model, clip, vae = node.load()
+    assert layers.model_family(model, "t") == "sd15"
+    p = next(model.model.diffusion_model.parameters())
+    assert not p.is_inference()  # gradients through the UNet (Abs-Grad-SAM) stay possible
+    t = Toy(model, clip, vae)
+    with torch.inference_mode():
+        img = t.generate("a red solid circle on a gray background", seed=0, steps=4)
+    assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
+
+
+def test_toynet_reads_procedural_images(net):
+    acc = classifier.accuracy_on_procedural(net, count=128, seed=5)
+    assert min(acc.values()) > 0.9, acc
+
+
+def test_measures_on_procedural_images():
+    a = world.sample(0, 3, "all", color="red", texture="striped", shape="star", background="gray")
+    img = a.image.astype(np.float32) / 255
+    assert measures.palette_distance(img, "red") < measures.palette_distance(img, "green")
+    assert measures.nearest_palette(img) == "red"
+    assert measures.iou(measures.foreground(img), a.mask > 0.5) > 0.9
+    solid = world.render(world.Spec("star", "red", "solid", "gray", 32, 32, 18)).image.astype(np.float32) / 255
+    assert measures.texture_distance(img, img) == 0.0
+    assert measures.texture_signature(img).sum() > 10 * measures.texture_signature(solid).sum()
+    assert measures.psnr(img, img) > 90 and abs(measures.ssim(img, img) - 1) < 1e-6
+
+
+def test_toy_model_follows_heldout_captions_better_than_random_weights(toy, net):
+    caps = quality.captions_for("heldout", limit=6, seed=1)
+    trained, _, _ = quality.evaluate(toy, net, caps, seeds=2, steps=STEPS)
+    rand, _, _ = quality.evaluate(load_toy(random_unet_seed=0), net, caps, seeds=2, steps=STEPS)
+    assert trained["shape"] >= 0.5, trained
+    assert trained["shape"] > rand["shape"] + 0.25, (trained, rand)
+    assert trained["color"] > rand["color"] + 0.25, (trained, rand)
+    assert trained["fd"] < rand["fd"], (trained, rand)
