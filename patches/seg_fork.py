@@ -1,0 +1,352 @@
+"""Share the UNet prefix between the main (cond/uncond) pass and SEG's blurred pass.
+
+The blurred pass sees exactly the cond inputs, and nothing differs from the cond pass until the first
+blurred layer. So during the main pass, right before the SpatialTransformer that holds the first blurred
+layer, every cond chunk is duplicated ("twin" rows appended at the end of the batch): the prefix runs once
+for cond and uncond, the rest of the UNet runs once more per cond image, and only the twins get blurred
+queries. The twin rows are cut off at the UNet output (so ComfyUI sees its usual batch), turned into x0
+predictions and stashed. SEG's post-CFG function then asks ComfyUI for the blurred cond prediction as usual,
+via calc_cond_batch, in a replay mode where the apply-model wrapper serves the stashed rows instead of
+running the UNet; ComfyUI's own code still does the area/strength bookkeeping of multi-entry conds.
+
+The fork needs values that are local to the UNet forward: they are widened on the fly by forward
+pre-hooks (timestep embedding into ResBlocks, context into SpatialTransformers), an output_block_patch
+(skip connections), and by widening the ControlNet middle residual at the fork. Hooks live only for the
+duration of one forked forward. Anything that makes a fork unsafe or ambiguous falls back to the ordinary
+separate pass (the caller runs it when no stashed prediction is served).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .batch import COND, chunk_slices
+from .run_state import RunState
+
+log = logging.getLogger(__name__)
+
+FORKING_KEY = "conduit_seg_forking"  # set in a forked call's transformer options, so nested SEGs do not fork
+UNSAFE_PATCHES = ("forward_timestep_embed_patch",)  # foreign layers that read the (unwidened) embedding
+
+
+@dataclass
+class ApplyCall:
+    """One BaseModel.apply_model call as seen by a wrapper, on either host."""
+    x: torch.Tensor
+    t: torch.Tensor  # sigmas, one per row
+    c: dict  # every other keyword argument of apply_model (c_crossattn, y, control, transformer_options...)
+    model: Any  # comfy BaseModel
+    run: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+    @property
+    def options(self) -> dict:
+        return self.c.get("transformer_options") or {}
+
+    def proceed(self) -> torch.Tensor:
+        return self.run(self.x, self.t, self.c)
+
+
+def install_apply_wrapper(model_patcher: Any, key: str, fn: Callable[[ApplyCall], torch.Tensor]) -> None:
+    """Wrap BaseModel.apply_model: an APPLY_MODEL wrapper where the host has them (list-type), else the
+    single model_function_wrapper slot, chained to whatever function already sits there."""
+    from .compat import has_patcher_extension
+
+    if has_patcher_extension():
+        import comfy.patcher_extension as pe
+
+        def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                    **kwargs):
+            c = dict(kwargs, c_concat=c_concat, c_crossattn=c_crossattn, control=control,
+                     transformer_options=transformer_options if transformer_options is not None else {})
+            return fn(ApplyCall(x, t, c, executor.class_obj, lambda x_, t_, c_: executor(x_, t_, **c_)))
+
+        model_patcher.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, key, wrapper)
+        return
+
+    previous = model_patcher.model_options.get("model_function_wrapper")
+
+    def unet_wrapper(apply_model, args):
+        def run(x, t, c):
+            if previous is not None:
+                return previous(apply_model, {"input": x, "timestep": t, "c": c,
+                                              "cond_or_uncond": args["cond_or_uncond"]})
+            return apply_model(x, t, **c)
+
+        return fn(ApplyCall(args["input"], args["timestep"], args["c"], apply_model.__self__, run))
+
+    model_patcher.set_model_unet_function_wrapper(unet_wrapper)
+
+
+def fingerprint(options: dict) -> tuple:
+    """Which attention/block patches a pass runs with; another pack's extra pass differs from the main one."""
+    replace = options.get("patches_replace", {})
+    patches = options.get("patches", {})
+    return (tuple(sorted((name, repr(k), id(f)) for name, slot in replace.items() for k, f in slot.items())),
+            tuple(sorted((name, tuple(id(f) for f in fs)) for name, fs in patches.items())))
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.device == b.device and torch.equal(a, b)
+
+
+@dataclass
+class Entry:
+    """A twin's inputs (the key) and its blurred x0 prediction."""
+    call: int
+    x: torch.Tensor
+    t: torch.Tensor
+    conds: tuple  # (c_crossattn, y, c_concat) rows
+    denoised: torch.Tensor
+
+    def matches(self, x, t, conds) -> bool:
+        return _same(self.x, x) and _same(self.t, t) and all(_same(a, b) for a, b in zip(self.conds, conds))
+
+
+@dataclass
+class Window:
+    """Per step: what the main pass stashed, until SEG's post-CFG function consumes it."""
+    sigma: float | None = None
+    fp: tuple | None = None
+    entries: list[Entry] = field(default_factory=list)
+    ambiguous: bool = False
+    consumed: list[torch.Tensor] = field(default_factory=list)
+    calls: int = 0
+    served: int = 0
+    missed: int = 0
+
+    def restart(self, sigma: float) -> None:
+        self.sigma, self.fp, self.entries, self.ambiguous, self.consumed = sigma, None, [], False, []
+
+    def close(self) -> None:
+        self.consumed += [e.x for e in self.entries]
+        self.entries, self.fp, self.ambiguous = [], None, False
+
+
+def _row_conds(c: dict, rows) -> tuple:
+    out = []
+    for name in ("c_crossattn", "y", "c_concat"):
+        v = c.get(name)
+        out.append(v[rows] if torch.is_tensor(v) else None)
+    return tuple(out)
+
+
+def _widen(value, idx: torch.Tensor, n: int):
+    if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == n:
+        return value[idx.to(value.device)]
+    if isinstance(value, list) and value and all(torch.is_tensor(v) for v in value):
+        return [_widen(v, idx, n) for v in value]
+    return value
+
+
+@contextmanager
+def _forked_forward(unet: torch.nn.Module, fork_module: torch.nn.Module, n: int, idx: torch.Tensor,
+                    on_fork: Callable[[dict], None], sink: list):
+    """While active, the UNet forward widens its batch from n to len(idx) rows at fork_module."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock
+
+    n_new = int(idx.numel())
+
+    def pre(module, args, kwargs):
+        x = args[0]
+        if module is fork_module and x.shape[0] == n:
+            x = _widen(x, idx, n)
+            options = args[2] if len(args) > 2 else kwargs.get("transformer_options")
+            if isinstance(options, dict):
+                on_fork(options)
+        if x.shape[0] != n_new:
+            return None
+        return (x,) + tuple(_widen(a, idx, n) for a in args[1:]), {k: _widen(v, idx, n) for k, v in kwargs.items()}
+
+    def strip(module, inputs, output):
+        if output.shape[0] != n_new:
+            return None
+        sink.append(output[n:])
+        return output[:n]
+
+    tail = [unet.middle_block, *unet.output_blocks]
+    handles = [m.register_forward_pre_hook(pre, with_kwargs=True)
+               for block in tail for m in block if isinstance(m, (TimestepBlock, SpatialTransformer))]
+    handles.append(unet.out.register_forward_hook(strip))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class PrefixFork:
+    """Apply-model wrapper + stash for one SEG patch (one instance per patched model)."""
+
+    def __init__(self, uid: str, fork_key: tuple[str, int], replace_keys: list[tuple],
+                 make_replace: Callable[[int, int], Callable], is_active: Callable[[Any, float], bool]) -> None:
+        self.replay_key = f"conduit_seg_replay_{uid}"
+        self.skip_key = f"conduit_seg_skip_{uid}"
+        self.fork_key = fork_key  # (block, id) of the SpatialTransformer where the batch widens
+        self.replace_keys = replace_keys
+        self.make_replace = make_replace  # (n_orig, n_new) -> make(inner) for the twin rows
+        self.is_active = is_active
+        self.state: RunState[Window] = RunState(Window)
+
+    # -- apply-model wrapper -------------------------------------------------------------------------------
+    def __call__(self, call: ApplyCall) -> torch.Tensor:
+        opts = call.options
+        if opts.get(self.replay_key):
+            return self._serve(call)
+        if opts.get(self.skip_key) or opts.get(FORKING_KEY):
+            return call.proceed()
+        sigma = float(call.t.flatten()[0])
+        plan = self._plan(call, sigma)
+        if plan is None:
+            return call.proceed()
+        return self._fork(call, sigma, *plan)
+
+    def _plan(self, call: ApplyCall, sigma: float):
+        opts = call.options
+        cou = list(opts.get("cond_or_uncond") or [])
+        if COND not in cou or not self.is_active(call.model, sigma):
+            return None
+        if any(k in opts.get("patches", {}) for k in UNSAFE_PATCHES):
+            return None
+        n = call.x.shape[0]
+        if n % len(cou):
+            return None
+        win = self.state.at(sigma)
+        if win.sigma != sigma:
+            win.restart(sigma)
+        fp = fingerprint(opts)
+        if win.fp is not None and fp != win.fp:
+            return None  # another pack's extra pass during this step
+        slices = [s for kind, s in chunk_slices(n, cou) if kind == COND]
+        if any(_same(call.x[s], seen) for s in slices for seen in win.consumed):
+            return None  # this step's blurred prediction was already used: not the main pass
+        if not self._fits(call, n + sum(s.stop - s.start for s in slices)):
+            return None
+        fork_module = self._fork_module(call.model.diffusion_model)
+        if fork_module is None:
+            return None
+        win.fp = fp
+        return cou, slices, fork_module
+
+    @staticmethod
+    def _fits(call: ApplyCall, rows: int) -> bool:
+        if call.x.device.type == "cpu":
+            return True
+        import comfy.model_management as mm
+
+        shape = [rows] + list(call.x.shape[1:])
+        return call.model.memory_required(shape) * 1.5 < mm.get_free_memory(call.x.device)
+
+    def _fork_module(self, unet) -> torch.nn.Module | None:
+        from comfy.ldm.modules.attention import SpatialTransformer
+
+        block, block_id = self.fork_key
+        container = unet.middle_block if block == "middle" else unet.output_blocks[block_id]
+        return next((m for m in container if isinstance(m, SpatialTransformer)), None)
+
+    def _fork(self, call: ApplyCall, sigma: float, cou: list, slices: list[slice], fork_module) -> torch.Tensor:
+        from .compat import options_with_replace
+        from .attention import existing_replace, chained
+
+        n = call.x.shape[0]
+        src = torch.cat([torch.arange(s.start, s.stop) for s in slices])
+        idx = torch.cat([torch.arange(n), src])
+        n_new = int(idx.numel())
+        mo = {"transformer_options": dict(call.options)}
+        make = self.make_replace(n, n_new)
+        for key in self.replace_keys:
+            mo = options_with_replace(mo, chained(make, existing_replace(mo, "attn1", key)), "attn1", key)
+        opts = mo["transformer_options"]
+        opts[FORKING_KEY] = True
+        patches = dict(opts.get("patches", {}))
+
+        def widen_skip(h, hsp, transformer_options):
+            if h.shape[0] == n_new and hsp.shape[0] == n:
+                hsp = _widen(hsp, idx, n)
+            return h, hsp
+
+        patches["output_block_patch"] = [widen_skip] + list(patches.get("output_block_patch", []))
+        opts["patches"] = patches
+        control = call.c.get("control")
+        twin_chunks = len(slices)
+        uuids = opts.get("uuids")
+
+        def on_fork(options: dict) -> None:
+            options["cond_or_uncond"] = cou + [COND] * twin_chunks
+            if isinstance(uuids, list) and len(uuids) == len(cou):
+                options["uuids"] = uuids + [u for u, kind in zip(uuids, cou) if kind == COND]
+            if isinstance(control, dict) and control.get("middle"):
+                control["middle"] = [_widen(r, idx, n) for r in control["middle"]]
+
+        c = dict(call.c)
+        c["transformer_options"] = opts
+        sink: list = []
+        with _forked_forward(call.model.diffusion_model, fork_module, n, idx, on_fork, sink):
+            out = call.run(call.x, call.t, c)
+        if len(sink) != 1:
+            log.debug("SEG fork did not take place in this call (%d outputs); the separate pass will run",
+                      len(sink))
+            return out
+        denoised = call.model.model_sampling.calculate_denoised(call.t[src], sink[0].float(), call.x[src])
+        self._stash(call, sigma, slices, denoised)
+        return out
+
+    def _stash(self, call: ApplyCall, sigma: float, slices: list[slice], denoised: torch.Tensor) -> None:
+        win = self.state.at(sigma)
+        win.calls += 1
+        start = 0
+        for s in slices:
+            size = s.stop - s.start
+            entry = Entry(win.calls, call.x[s], call.t[s], _row_conds(call.c, s), denoised[start:start + size])
+            start += size
+            if any(e.call != entry.call and e.matches(entry.x, entry.t, entry.conds) for e in win.entries):
+                win.ambiguous = True  # same inputs from two calls (e.g. two ControlNets): do not guess
+            win.entries.append(entry)
+
+    # -- replay -------------------------------------------------------------------------------------------
+    def _serve(self, call: ApplyCall) -> torch.Tensor:
+        win = self.state.at(float(call.t.flatten()[0]))
+        cou = list(call.options.get("cond_or_uncond") or [0])
+        out = []
+        for _, s in chunk_slices(call.x.shape[0], cou):
+            conds = _row_conds(call.c, s)
+            hit = next((e for e in win.entries if e.matches(call.x[s], call.t[s], conds)), None)
+            if hit is None:
+                win.missed += 1
+                out.append(torch.zeros_like(call.x[s]))
+            else:
+                win.served += 1
+                out.append(hit.denoised.to(call.x.dtype))
+        return torch.cat(out)
+
+    def replay(self, args: dict) -> torch.Tensor | None:
+        """The stashed blurred cond prediction for this post-CFG call, or None if the fork did not cover it."""
+        from .compat import calc_cond_batch, options_with_transformer_keys
+
+        sigma = float(torch.as_tensor(args["sigma"]).flatten()[0])
+        win = self.state.at(sigma)
+        if win.sigma != sigma or not win.entries or win.ambiguous:
+            win.close()
+            return None
+        conds = [{k: v for k, v in c.items() if k != "control"} if isinstance(c, dict) else c for c in args["cond"]]
+        opts = options_with_transformer_keys(args["model_options"], **{self.replay_key: True})
+        win.served = win.missed = 0
+        try:
+            out = calc_cond_batch(args["model"], [conds], args["input"], args["sigma"], opts)[0]
+        finally:
+            ok = win.served > 0 and win.missed == 0
+            win.close()
+        return out if ok else None
+
+    def separate_pass_options(self, model_options: dict) -> dict:
+        """Options for the ordinary blurred pass: this fork stays out of it."""
+        from .compat import options_with_transformer_keys
+
+        return options_with_transformer_keys(model_options, **{self.skip_key: True})

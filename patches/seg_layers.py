@@ -1,0 +1,80 @@
+"""Pick SEG's self-attention layers: a preset or a list like "m0,o1.2,i4-5" resolved against the model."""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from .errors import ConduitError
+from .layers import AttentionLayer
+
+PRESETS = ("middle", "output", "input", "all")
+BLOCK_LETTERS = {"i": "input", "d": "input", "m": "middle", "o": "output", "u": "output"}
+# letter, block id or id range, optional depth or depth range
+_TOKEN = re.compile(r"^([a-z])(\d+)(?:-(\d+))?(?:\.(\d+)(?:-(\d+))?)?$")
+SYNTAX_FIX = ("write comma-separated tokens: a block letter (i = input, m = middle, o = output), the block "
+              "number, an optional range (i4-5) and an optional depth or depth range (o1.2, m0.0-3); "
+              "'Conduit Model Layers' lists the names.")
+
+
+def preset_layers(layers: Sequence[AttentionLayer], preset: str) -> list[AttentionLayer]:
+    if preset == "all":
+        return list(layers)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown layer preset {preset!r}")
+    return [layer for layer in layers if layer.block == preset]
+
+
+def _span(first: str, last: str | None, token: str, node: str, what: str) -> range:
+    a = int(first)
+    b = a if last is None else int(last)
+    if b < a:
+        raise ConduitError(node, f"layer token '{token}' has a reversed {what} range {a}-{b}.", SYNTAX_FIX)
+    return range(a, b + 1)
+
+
+def parse_tokens(text: str, node: str) -> list[tuple[str, str, range, range | None]]:
+    """[(token, block, ids, depths or None)] for every comma-separated token; ConduitError names a bad one."""
+    out = []
+    for raw in text.split(","):
+        token = raw.strip().lower()
+        if not token:
+            continue
+        m = _TOKEN.match(token.replace(" ", ""))
+        if m is None or m.group(1) not in BLOCK_LETTERS:
+            raise ConduitError(node, f"layer token '{raw.strip()}' is not understood.", SYNTAX_FIX)
+        letter, id0, id1, d0, d1 = m.groups()
+        ids = _span(id0, id1, token, node, "block")
+        depths = None if d0 is None else _span(d0, d1, token, node, "depth")
+        out.append((token, BLOCK_LETTERS[letter], ids, depths))
+    if not out:
+        raise ConduitError(node, "the custom layer list is empty.", SYNTAX_FIX)
+    return out
+
+
+def custom_layers(layers: Sequence[AttentionLayer], text: str, node: str) -> list[AttentionLayer]:
+    """Layers named by the list, in forward order; a token that names no layer of this model is an error."""
+    chosen: set[tuple] = set()
+    available = ", ".join(layer.short for layer in layers)
+    for token, block, ids, depths in parse_tokens(text, node):
+        hits = [layer for layer in layers
+                if layer.block == block and layer.block_id in ids and (depths is None or layer.index in depths)]
+        if not hits:
+            raise ConduitError(node, f"layer token '{token}' names no self-attention layer of this model.",
+                               f"pick from the model's layers: {available}.")
+        chosen.update(layer.key for layer in hits)
+    return [layer for layer in layers if layer.key in chosen]
+
+
+def select_layers(layers: Sequence[AttentionLayer], preset: str, custom: str, node: str) -> list[AttentionLayer]:
+    """The node's layer choice: preset unless preset == 'custom', then the custom list."""
+    custom = (custom or "").strip()
+    if preset == "custom":
+        return custom_layers(layers, custom, node)
+    if custom:
+        raise ConduitError(node, f"custom_layers is set ('{custom}') but layers is '{preset}'.",
+                           "set layers to 'custom' to use the list, or clear custom_layers.")
+    chosen = preset_layers(layers, preset)
+    if not chosen:
+        raise ConduitError(node, f"this model has no self-attention layers in the '{preset}' preset.",
+                           "pick another preset or a custom list.")
+    return chosen
