@@ -36,8 +36,8 @@ async def _follow(base: str, client_id: str, prompt_id: str, timeout: float,
                     raise PromptFailed(json.dumps(data)[:4000])
                 elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
                     return
-                elif kind == "execution_success":
-                    return
+                # execution_success is not the end: newer hosts send it before the prompt is written to
+                # /history; the "executing" None message above follows task_done on every host.
 
 
 def follow_prompt(base: str, client_id: str, prompt_id: str, timeout: float,

@@ -17,16 +17,6 @@ LAMBDA_TIP = (f"lambda_S from {PAPER}: the fraction of layers counted as style l
               "(0.43 -> the 30 most sensitive of SDXL's 70); values above 1 are a layer count. Default 0.43.")
 
 
-def parse_groups(text: str) -> list[list[str]]:
-    """One group per non-empty line; several prompts in a group are separated by '|'."""
-    groups = []
-    for line in text.splitlines():
-        prompts = [p.strip() for p in line.split("|") if p.strip()]
-        if prompts and not line.lstrip().startswith("#"):
-            groups.append(prompts)
-    return groups
-
-
 class ConduitSensitivityAnalysis:
     DESCRIPTION = (f"Grades every self-attention layer of an SD1.x/SD2.x/SDXL model at every timestep, as in {PAPER}: "
                    "it samples each group of prompts (and/or images) while hooks record the token mean and std of "
@@ -109,28 +99,20 @@ class ConduitSensitivityAnalysis:
         import folder_paths
         import nodes as comfy_nodes
 
-        from ..patches.analysis import AnalysisItem, AnalysisSettings, analyse
+        from ..patches.analysis import AnalysisSettings, analyse, image_items, prompt_items
 
         def encode(text: str):
             return comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
 
         negative_cond = encode(negative)
-        items: list[AnalysisItem] = []
-        for g, prompts in enumerate(parse_groups(groups)):
-            for p in prompts:
-                text = f"{content}, {p}" if content.strip() else p
-                items.append(AnalysisItem(g, encode(text), negative_cond,
-                                          [seed + j for j in range(samples_per_group)], label=p))
+        items = prompt_items(encode, groups, content, negative_cond, samples_per_group, seed)
         if images is not None:
             if vae is None:
                 raise ConduitError(ANALYSIS, "images are connected but no VAE.",
                                    "connect the checkpoint's VAE to the vae input.")
+            latents = [vae.encode(images[i:i + 1, :, :, :3]) for i in range(images.shape[0])]
             first = len({i.group for i in items})
-            probe = encode(content)
-            for i in range(images.shape[0]):
-                latent = vae.encode(images[i:i + 1, :, :, :3])
-                items.append(AnalysisItem(first + i // images_per_group, probe, negative_cond, [seed],
-                                          latent=latent, label=f"image {i + 1}"))
+            items += image_items(latents, images_per_group, first, encode(content), negative_cond, seed)
         settings = AnalysisSettings(steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler,
                                     latent_hw=(height // 8, width // 8), dimension=dimension,
                                     provenance={"content": content, "negative": negative, "seed": seed})

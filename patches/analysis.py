@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from .analysis_math import (
-    FEATURES, KINDS, StatsStore, StoreShape, check_groups, grade_store, merge_duplicate_timesteps, token_stats,
+    FEATURES, KINDS, StatsStore, StoreShape, check_groups, grade_store, merge_duplicate_timesteps, parse_groups,
+    token_stats,
 )
 from .attention import set_replace
 from .batch import COND, UNCOND, chunk_slices
@@ -49,6 +50,24 @@ class AnalysisSettings:
     latent_hw: tuple[int, int] = (128, 128)
     dimension: str = "style"
     provenance: dict = field(default_factory=dict)
+
+
+def prompt_items(encode: Callable[[str], Any], groups: str, content: str, negative: Any, samples: int,
+                 seed: int) -> list[AnalysisItem]:
+    """Items for text groups: '<content>, <prompt>' sampled with seeds seed .. seed+samples-1 in every group."""
+    items = []
+    for g, prompts in enumerate(parse_groups(groups)):
+        for p in prompts:
+            text = f"{content}, {p}" if content.strip() else p
+            items.append(AnalysisItem(g, encode(text), negative, [seed + j for j in range(samples)], label=p))
+    return items
+
+
+def image_items(latents: Sequence[torch.Tensor], per_group: int, first_group: int, positive: Any, negative: Any,
+                seed: int) -> list[AnalysisItem]:
+    """Items for images: consecutive runs of per_group images form a group; all share one noise seed."""
+    return [AnalysisItem(first_group + i // per_group, positive, negative, [seed], latent=lat, label=f"image {i + 1}")
+            for i, lat in enumerate(latents)]
 
 
 class StatsCollector:

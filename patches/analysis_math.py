@@ -25,6 +25,18 @@ FEATURES = ("q", "k", "v")
 KINDS = 2  # slot 0 = uncond pass, slot 1 = cond pass (reference order: uncond then cond)
 
 
+def parse_groups(text: str) -> list[list[str]]:
+    """One group per non-empty line; several prompts of one group are separated by '|'; '#' starts a comment line."""
+    groups = []
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        prompts = [p.strip() for p in line.split("|") if p.strip()]
+        if prompts:
+            groups.append(prompts)
+    return groups
+
+
 def token_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, N, C] -> (mean [B, C], std [B, C]) over the token axis; std = sqrt(unbiased var + eps)."""
     x = x.float()
@@ -158,10 +170,6 @@ class StatsStore:
         else:
             self.data = torch.zeros(dims, dtype=torch.float32)
         self.recorded = torch.zeros(shape.images, shape.steps, KINDS, dtype=torch.bool)
-
-    def write(self, image: int, step: int, kind: int, feature: int, mu: torch.Tensor, sd: torch.Tensor) -> None:
-        self.data[image, step, feature, kind, 0] = mu
-        self.data[image, step, feature, kind, 1] = sd
 
     def write_run(self, images: Sequence[int], buf: torch.Tensor, seen: torch.Tensor) -> None:
         """Copy one sampling run's buffer [B, steps, F, K, 2, D] (any device) into the store."""

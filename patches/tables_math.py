@@ -297,3 +297,24 @@ def summary(table: SensitivityTable, lambda_s: float = 0.43) -> str:
         lines.append(f"{f}: timesteps by mean score (most sensitive first): "
                      + ", ".join(str(t) for t in ranked[:12]) + (" ..." if len(ranked) > 12 else ""))
     return "\n".join(lines)
+
+
+def combine_tables(tables: Sequence[SensitivityTable], node: str = ANALYSIS_NODE) -> SensitivityTable:
+    """One table from several experiments on the same model: per cell, the mean after dropping the min and
+    the max (the reference's way of combining gradings; a plain mean for fewer than 3 tables)."""
+    from .analysis_math import trimmed_mean
+
+    if not tables:
+        raise ConduitError(node, "no tables to combine.", "pass two or more table files.")
+    first = tables[0]
+    for t in tables[1:]:
+        if (t.family, t.dimension, t.layer_keys, t.timesteps, t.features) != (
+                first.family, first.dimension, first.layer_keys, first.timesteps, first.features):
+            raise ConduitError(node, "the tables to combine differ in family, dimension, layers, timesteps or "
+                               "features.", "combine only tables analysed with the same model, steps and scheduler.")
+    scores = {f: trimmed_mean(torch.stack([t.scores[f] for t in tables])) for f in first.features}
+    provenance = {"combined": [t.provenance for t in tables],
+                  "combine": "per cell, mean after dropping the min and the max" if len(tables) >= 3 else "mean"}
+    return SensitivityTable(family=first.family, dimension=first.dimension, layer_keys=list(first.layer_keys),
+                            timesteps=list(first.timesteps), scores=scores, source_names=list(first.source_names),
+                            provenance=provenance)

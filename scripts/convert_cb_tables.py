@@ -9,7 +9,6 @@ provenance["source_index"]. Scores are copied as float64 without rounding.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -18,18 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tables_math():
-    """patches/tables_math.py without importing the pack's package __init__ (which needs ComfyUI)."""
-    spec = importlib.util.spec_from_file_location(
-        "conduit_convert.tables_math", os.path.join(ROOT, "patches", "tables_math.py"),
-        submodule_search_locations=None)
-    pkg_spec = importlib.util.spec_from_loader("conduit_convert", loader=None, is_package=True)
-    pkg = importlib.util.module_from_spec(pkg_spec)
-    pkg.__path__ = [os.path.join(ROOT, "patches")]
-    sys.modules["conduit_convert"] = pkg
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """patches/tables_math.py through the pack's pure-module import (no ComfyUI needed)."""
+    sys.path.insert(0, ROOT)
+    from conduit.pack import pack_module
+
+    return pack_module("patches.tables_math")
 
 
 CB_REPO = "Nadavc220/conditional-balance"
