@@ -1,0 +1,128 @@
+"""Map prompt words to the token columns of the text encoder's output, with ComfyUI's own tokenizer.
+
+clip.tokenize(text, return_word_ids=True) gives, per encoder stream ("l"; "g" and "l" for SDXL; "h" for
+SD2), chunks of (token, weight, word_id). Column = offset of the chunk + index inside it, so the start
+token (column 0 of every chunk) and words split into several tokens are accounted for. The reference
+used spaCy word indices as columns, which is off by one (start token) and wrong for split words.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import gradsam_words as words_lib
+from .errors import ConduitError
+
+log = logging.getLogger(__name__)
+
+STREAM_ORDER = ("l", "g", "h")
+
+
+@dataclass
+class PromptWord:
+    text: str
+    norm: str
+    columns: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PromptTokens:
+    words: list[PromptWord]
+    length: int  # columns of this prompt's encoding (chunks x chunk length)
+
+    @property
+    def norms(self) -> list[str]:
+        return [w.norm for w in self.words]
+
+
+@dataclass(frozen=True)
+class Subject:
+    name: str
+    columns: tuple[int, ...]
+
+
+def _stream_tokenizer(tokenizer: Any, key: str) -> Any:
+    for name in (f"clip_{key}", key):
+        sub = getattr(tokenizer, name, None)
+        if sub is not None and hasattr(sub, "inv_vocab"):
+            return sub
+    return None
+
+
+def _decode(sub: Any, ids: list[int]) -> str:
+    pieces = [sub.inv_vocab.get(i, "") for i in ids]
+    hf = getattr(sub, "tokenizer", None)
+    if hf is not None and hasattr(hf, "convert_tokens_to_string"):
+        try:
+            return hf.convert_tokens_to_string(pieces).strip()
+        except Exception:  # noqa: BLE001  (a tokenizer without byte decoding: fall back to the raw pieces)
+            pass
+    return "".join(pieces).replace("</w>", " ").strip()
+
+
+def _stream_words(chunks: list, sub: Any) -> tuple[list[PromptWord], int]:
+    by_id: dict[int, PromptWord] = {}
+    ids: dict[int, list[int]] = {}
+    offset = 0
+    for chunk in chunks:
+        for i, item in enumerate(chunk):
+            token, word_id = item[0], item[2]
+            if word_id <= 0:
+                continue
+            w = by_id.setdefault(word_id, PromptWord("", ""))
+            w.columns.append(offset + i)
+            if isinstance(token, int):
+                ids.setdefault(word_id, []).append(token)
+        offset += len(chunk)
+    out = []
+    for word_id in sorted(by_id):
+        w = by_id[word_id]
+        w.text = _decode(sub, ids[word_id]) if word_id in ids and sub is not None else "<embedding>"
+        w.norm = words_lib.normalize(w.text)
+        out.append(w)
+    return out, offset
+
+
+def prompt_tokens(clip: Any, text: str, node: str) -> PromptTokens:
+    """Words of the prompt with their token columns, read from ComfyUI's tokenizer for this CLIP."""
+    try:
+        streams = clip.tokenize(text, return_word_ids=True)
+    except TypeError as e:
+        raise ConduitError(node, f"this CLIP's tokenizer cannot report word positions ({e}).",
+                           "use the text encoder that belongs to an SD1.x, SD2.x or SDXL checkpoint.") from e
+    keys = [k for k in STREAM_ORDER if k in streams] + [k for k in streams if k not in STREAM_ORDER]
+    parsed = {k: _stream_words(streams[k], _stream_tokenizer(clip.tokenizer, k)) for k in keys}
+    words, length = parsed[keys[0]]
+    for k in keys[1:]:
+        other, other_len = parsed[k]
+        if [w.columns for w in other] != [w.columns for w in words] or other_len != length:
+            log.warning("%s: text encoder streams %s and %s place the prompt's words at different token "
+                        "columns; using stream %s", node, keys[0], k, keys[0])
+    return PromptTokens(words, length)
+
+
+def subject_tokens(prompt: PromptTokens, subject: str, node: str) -> list[Subject]:
+    """One Subject per phrase in `subject` (comma-separated); empty -> every guessed noun of the prompt."""
+    norms = prompt.norms
+    listing = ", ".join(w.text for w in prompt.words) or "(none)"
+    phrases = words_lib.split_subject(subject)
+    if not phrases:
+        nouns = words_lib.guess_nouns(norms)
+        if not nouns:
+            raise ConduitError(node, f"the prompt has no word the noun rule accepts (prompt words: {listing}).",
+                               "type the subject words in 'subject'.")
+        chosen: dict[str, list[int]] = {}
+        for i in nouns:
+            chosen.setdefault(norms[i], []).extend(prompt.words[i].columns)
+        return [Subject(name, tuple(sorted(cols))) for name, cols in chosen.items()]
+    out = []
+    for phrase in phrases:
+        hits = words_lib.find_phrase(norms, phrase)
+        name = " ".join(phrase)
+        if not hits:
+            raise ConduitError(node, f"subject '{name}' is not in the prompt. The prompt's words are: {listing}.",
+                               "write subject words exactly as they appear in the prompt, comma-separated.")
+        cols = sorted({c for i in hits for c in prompt.words[i].columns})
+        out.append(Subject(name, tuple(cols)))
+    return out
