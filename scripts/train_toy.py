@@ -47,15 +47,16 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vae-steps", type=int, default=900)
-    p.add_argument("--vae-batch", type=int, default=16)
-    p.add_argument("--vae-lr", type=float, default=5e-4)
-    p.add_argument("--data", type=int, default=12000, help="training images encoded for the UNet")
-    p.add_argument("--unet-steps", type=int, default=4000)
+    p.add_argument("--vae-batch", type=int, default=8)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--data", type=int, default=10000, help="training images encoded for the UNet")
+    p.add_argument("--unet-steps", type=int, default=3000)
     p.add_argument("--unet-batch", type=int, default=64)
     p.add_argument("--unet-lr", type=float, default=5e-4)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond-p", type=float, default=0.1)
-    p.add_argument("--max-minutes", type=float, default=0.0, help="stop a stage early after this long (0: off)")
+    p.add_argument("--vae-max-minutes", type=float, default=0.0, help="stop the VAE stage early after this long")
+    p.add_argument("--unet-max-minutes", type=float, default=0.0, help="stop the UNet stage early after this long")
     p.add_argument("--ckpt-every", type=int, default=200)
     return p.parse_args(argv)
 
@@ -123,7 +124,7 @@ def train_vae(args) -> None:
     if step >= args.vae_steps:
         return
     torch.manual_seed(args.seed * 7919 + step)
-    stop = Stopper(args.max_minutes)
+    stop = Stopper(args.vae_max_minutes)
     ae.train()
     bar = progress(args.vae_steps, step, "vae")
     recent = []
@@ -146,7 +147,7 @@ def train_vae(args) -> None:
                         "mse": float(np.mean(recent[-50:]))}, path)
             log.info("vae step %d mse %.5f", step, np.mean(recent[-50:]))
         if stop():
-            log.warning("vae stopped early at step %d (--max-minutes)", step)
+            log.warning("vae stopped early at step %d (--vae-max-minutes)", step)
             break
     bar.close()
 
@@ -274,7 +275,7 @@ def train_unet(args) -> None:
     n, n_cap = len(data["labels"]), len(data["captions"])
     mean, std, labels, ctx = data["mean"].float(), data["std"].float(), data["labels"], data["ctx"]
     gen = torch.Generator().manual_seed(args.seed * 104729 + step)
-    stop = Stopper(args.max_minutes)
+    stop = Stopper(args.unet_max_minutes)
     unet.train()
     bar = progress(args.unet_steps, step, "unet")
     recent = []
@@ -319,7 +320,7 @@ def train_unet(args) -> None:
             last_ckpt = time.time()
             log.info("unet step %d loss %.5f", step, np.mean(recent[-200:]))
         if stop():
-            log.warning("unet stopped early at step %d (--max-minutes)", step)
+            log.warning("unet stopped early at step %d (--unet-max-minutes)", step)
             break
     bar.close()
 

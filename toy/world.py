@@ -32,7 +32,9 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 # The texture's second tone: the shape's colour darkened, so every texture keeps the asked-for hue.
 DARK = 0.4
-PERIOD = 8  # stripes, dots and checks repeat every 8 px: one latent cell
+# Stripes, dots and checks repeat every 16 px (two latent cells) and speckles are 8 px blocks, so the
+# 8x-down-sampling VAE can carry every texture in the latent itself instead of inventing it while decoding.
+PERIOD = 16
 
 
 def held_out(color: str, texture: str, shape: str) -> bool:
@@ -86,7 +88,7 @@ def random_spec(rng: np.random.Generator, split: str = "train", seed: int = 0, *
     triples = all_triples(split)
     c, t, s = triples[int(rng.integers(len(triples)))]
     bg = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
-    radius = float(rng.uniform(13.0, 20.0))
+    radius = float(rng.uniform(15.0, 22.0))
     margin = radius + 2.0
     cx = float(rng.uniform(margin, SIZE - margin))
     cy = float(rng.uniform(margin, SIZE - margin))
@@ -145,13 +147,13 @@ def texture_pattern(texture: str, phase: tuple[int, int] = (0, 0), size: int = S
     if texture == "dotted":
         dx = (xx + px) % PERIOD - PERIOD / 2 + 0.5
         dy = (yy + py) % PERIOD - PERIOD / 2 + 0.5
-        return np.clip(2.6 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
+        return np.clip(4.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
     if texture == "checkered":
         return ((((xx + px) // (PERIOD / 2)) + ((yy + py) // (PERIOD / 2))) % 2).astype(np.float32)
-    if texture == "speckled":  # 2x2-pixel random speckles, about 40 % dark
+    if texture == "speckled":  # random 8x8-pixel blocks, about 40 % dark, on a random grid offset
         rng = rng or np.random.default_rng(0)
-        cells = (rng.random((size // 2 + 1, size // 2 + 1)) < 0.4).astype(np.float32)
-        return np.kron(cells, np.ones((2, 2), np.float32))[:size, :size]
+        cells = (rng.random((size // 8 + 2, size // 8 + 2)) < 0.4).astype(np.float32)
+        return np.kron(cells, np.ones((8, 8), np.float32))[py % 8:py % 8 + size, px % 8:px % 8 + size]
     raise ValueError(f"unknown texture {texture!r}")
 
 
