@@ -79,31 +79,26 @@ class LayerSelector:
 def styled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict, inner: Any,
                      adain_q: bool, adain_k: bool, share: bool, settings: StyleSettings) -> torch.Tensor:
     """One layer's attention for a batch whose chunks each start with their reference row."""
-    refs, targets, owner = style_math.split_expanded(q.shape[0], extra["cond_or_uncond"])
-    refs, targets, owner = refs.to(q.device), targets.to(q.device), owner.to(q.device)
-    qr, kr, vr = q[refs], k[refs], v[refs]
-    qt, kt, vt = q[targets], k[targets], v[targets]
+    cou = extra["cond_or_uncond"]
+    (qr, qt), (kr, kt), (vr, vt) = (style_math.split_reference(x, cou) for x in (q, k, v))
+    chunks, m = qt.shape[:2]
     if adain_q:
-        qt = style_math.adain(qt, qr[owner])
+        qt = style_math.adain(qt, qr.unsqueeze(1))  # stats over tokens of each image vs its chunk's reference
     if adain_k:
-        kt = style_math.adain(kt, kr[owner])
+        kt = style_math.adain(kt, kr.unsqueeze(1))
     if share:
-        n_own = kt.shape[1]
-        kt = style_math.extend_with_reference(kt, kr[owner], settings.ref_scale)
-        vt = style_math.extend_with_reference(vt, vr[owner])
-        if settings.ref_shift != 0.0:
-            bias = style_math.reference_bias(n_own, kt.shape[1] - n_own, settings.ref_shift, qt)
-            out_t = style_math.attention(qt, kt, vt, extra["n_heads"], bias)
-        else:
-            out_t = inner(qt, kt, vt, extra)
+        n_own = kt.shape[-2]
+        kt = style_math.extend_with_reference(kt, kr.unsqueeze(1), settings.ref_scale)
+        vt = style_math.extend_with_reference(vt, vr.unsqueeze(1))
+    qt, kt, vt = (x.reshape(chunks * m, *x.shape[2:]) for x in (qt, kt, vt))
+    if share and settings.ref_shift != 0.0:
+        bias = style_math.reference_bias(n_own, kt.shape[-2] - n_own, settings.ref_shift, qt)
+        out_t = style_math.attention(qt, kt, vt, extra["n_heads"], bias)
     else:
         out_t = inner(qt, kt, vt, extra)
     # Sharing with itself and AdaIN to itself leave the reference unchanged, so it takes plain attention.
-    out_r = inner(qr, kr, vr, extra)
-    out = out_t.new_empty((q.shape[0], *out_t.shape[1:]))
-    out[targets] = out_t
-    out[refs] = out_r.to(out_t.dtype)
-    return out
+    out_r = inner(qr.contiguous(), kr.contiguous(), vr.contiguous(), extra)
+    return style_math.join_reference(out_r, out_t.view(chunks, m, *out_t.shape[1:]))
 
 
 def make_replace(key: tuple):

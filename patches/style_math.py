@@ -43,11 +43,13 @@ def top_indices(scores: torch.Tensor, n: int) -> list[int]:
 
 
 def extend_with_reference(own: torch.Tensor, ref: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """[own tokens ; scale * reference tokens] along the token axis (StyleAligned concat_first)."""
-    ref = ref.expand(own.shape[0], *ref.shape[1:])
+    """[own tokens ; scale * reference tokens] along the token axis (StyleAligned concat_first).
+
+    ref broadcasts over the leading dims of own: [1, N_ref, C] for [B, N, C], or [chunks, 1, N_ref, C] for
+    targets grouped as [chunks, m, N, C]."""
     if scale != 1.0:
         ref = ref * scale
-    return torch.cat([own, ref], dim=-2)
+    return torch.cat([own, ref.expand(*own.shape[:-2], *ref.shape[-2:])], dim=-2)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
@@ -72,57 +74,47 @@ def reference_bias(n_own: int, n_ref: int, shift: float, like: torch.Tensor) -> 
 
 # ---- batch layout: one reference row at the head of every cond/uncond chunk -------------------------------------
 
-def expanded_rows(batch: int, cond_or_uncond: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row indices, in the batch with references added, of (references [chunks], originals [batch]).
-
-    Chunk c of m rows becomes [reference, row_0, ..., row_{m-1}], so every chunk keeps its own reference and
-    the chunk order (cond_or_uncond) is unchanged.
-    """
+def _chunks(batch: int, cond_or_uncond: Sequence[int]) -> int:
     chunks = len(cond_or_uncond)
     if chunks == 0 or batch % chunks:
         raise ValueError(f"batch {batch} does not split into {chunks} cond/uncond chunks")
-    m = batch // chunks
-    refs = torch.arange(chunks) * (m + 1)
-    originals = (refs[:, None] + 1 + torch.arange(m)[None, :]).flatten()
-    return refs, originals
-
-
-def split_expanded(batch: int, cond_or_uncond: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For a batch that already holds references: (reference rows, target rows, reference of each target).
-
-    The last tensor indexes into the reference rows, so ref_x[owner] lines every target up with its chunk's
-    reference."""
-    chunks = len(cond_or_uncond)
-    if chunks == 0 or batch % chunks or batch // chunks < 2:
-        raise ValueError(f"batch {batch} is not {chunks} chunks of a reference plus targets")
-    m = batch // chunks - 1
-    refs, targets = expanded_rows(chunks * m, cond_or_uncond)
-    owner = torch.arange(chunks).repeat_interleave(m)
-    return refs, targets, owner
+    return chunks
 
 
 def insert_rows(x: torch.Tensor, cond_or_uncond: Sequence[int], ref: torch.Tensor | None = None) -> torch.Tensor:
-    """x [B, ...] with a reference row at the head of every chunk.
+    """x [B, ...] with a reference row at the head of every chunk: chunk c of m rows becomes [ref_c, rows].
 
     ref is [1, ...] (the same row for every chunk) or [chunks, ...]; None copies each chunk's first row, which
-    is how the reference inherits its chunk's conditioning."""
-    b = x.shape[0]
-    refs, originals = expanded_rows(b, cond_or_uncond)
-    chunks = len(cond_or_uncond)
-    out = x.new_empty((b + chunks, *x.shape[1:]))
-    out[originals] = x
+    is how the reference inherits its chunk's conditioning. The chunk order (cond_or_uncond) is unchanged."""
+    chunks = _chunks(x.shape[0], cond_or_uncond)
+    xv = x.view(chunks, x.shape[0] // chunks, *x.shape[1:])
     if ref is None:
-        ref = x[refs - torch.arange(chunks)]  # first row of each chunk in the original batch
-    out[refs] = ref.to(dtype=x.dtype, device=x.device).expand(chunks, *x.shape[1:])
-    return out
+        head = xv[:, :1]
+    else:
+        head = ref.to(dtype=x.dtype, device=x.device).expand(chunks, *x.shape[1:]).unsqueeze(1)
+    return torch.cat([head, xv], dim=1).reshape(-1, *x.shape[1:])
 
 
 def insert_zero_rows(x: torch.Tensor, cond_or_uncond: Sequence[int]) -> torch.Tensor:
     return insert_rows(x, cond_or_uncond, torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device))
 
 
+def split_reference(x: torch.Tensor, cond_or_uncond: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a batch laid out by insert_rows: (references [chunks, ...], targets [chunks, m, ...]) as views."""
+    chunks = _chunks(x.shape[0], cond_or_uncond)
+    per = x.shape[0] // chunks
+    if per < 2:
+        raise ValueError(f"batch {x.shape[0]} is not {chunks} chunks of a reference plus targets")
+    xv = x.view(chunks, per, *x.shape[1:])
+    return xv[:, 0], xv[:, 1:]
+
+
+def join_reference(refs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Inverse of split_reference: [chunks, ...] and [chunks, m, ...] back to [chunks * (m + 1), ...]."""
+    return torch.cat([refs.unsqueeze(1).to(targets.dtype), targets], dim=1).reshape(-1, *targets.shape[2:])
+
+
 def strip_rows(x: torch.Tensor, cond_or_uncond: Sequence[int]) -> torch.Tensor:
     """Inverse of insert_rows: the original rows only, in their original order."""
-    chunks = len(cond_or_uncond)
-    _, originals = expanded_rows(x.shape[0] - chunks, cond_or_uncond)
-    return x[originals.to(x.device)]
+    _, targets = split_reference(x, cond_or_uncond)
+    return targets.reshape(-1, *x.shape[1:])

@@ -93,28 +93,43 @@ def test_reference_rows_round_trip_and_layout(cou, m):
     x = torch.arange(b, dtype=torch.float32).view(b, 1, 1) + 10
     ref = torch.tensor([-1.0]).view(1, 1, 1)
     ex = sm.insert_rows(x, cou, ref)
-    assert ex.shape[0] == b + len(cou)
     # independent expectation: [ref, chunk rows] for every chunk
     want = []
     for c in range(len(cou)):
         want += [-1.0] + [10.0 + c * m + j for j in range(m)]
     assert ex.flatten().tolist() == want
     assert torch.equal(sm.strip_rows(ex, cou), x)
-    refs, targets, owner = sm.split_expanded(ex.shape[0], cou)
-    assert ex[refs].flatten().tolist() == [-1.0] * len(cou)
-    assert torch.equal(ex[targets], x)
-    assert owner.tolist() == [c for c in range(len(cou)) for _ in range(m)]
+    refs, targets = sm.split_reference(ex, cou)
+    assert refs.flatten().tolist() == [-1.0] * len(cou)
+    assert targets.shape[:2] == (len(cou), m) and torch.equal(targets.reshape(b, 1, 1), x)
+    assert torch.equal(sm.join_reference(refs, targets), ex)
     copied = sm.insert_rows(x, cou)  # reference inherits its chunk's first row
-    assert copied[refs].flatten().tolist() == [10.0 + c * m for c in range(len(cou))]
+    assert sm.split_reference(copied, cou)[0].flatten().tolist() == [10.0 + c * m for c in range(len(cou))]
+    per_chunk = sm.insert_rows(x, cou, -torch.arange(1.0, len(cou) + 1).view(-1, 1, 1))
+    assert sm.split_reference(per_chunk, cou)[0].flatten().tolist() == [-1.0 - c for c in range(len(cou))]
     zeros = sm.insert_zero_rows(x, cou)
-    assert zeros[refs].abs().sum() == 0 and torch.equal(zeros[targets], x)
+    zr, zt = sm.split_reference(zeros, cou)
+    assert zr.abs().sum() == 0 and torch.equal(zt.reshape(b, 1, 1), x)
 
 
 def test_reference_rows_reject_uneven_batches():
     with pytest.raises(ValueError):
-        sm.expanded_rows(3, [0, 1])
+        sm.insert_rows(torch.zeros(3, 1), [0, 1])
     with pytest.raises(ValueError):
-        sm.split_expanded(2, [0, 1])  # two chunks of one row each cannot hold reference + target
+        sm.split_reference(torch.zeros(2, 1), [0, 1])  # two chunks of one row each cannot hold ref + target
+
+
+def test_grouped_extension_matches_per_row_concat():
+    g = torch.Generator().manual_seed(3)
+    kt = torch.randn(2, 3, 5, 4, generator=g)  # [chunks, m, N, C]
+    kr = torch.randn(2, 6, 4, generator=g)  # one reference per chunk
+    ext = sm.extend_with_reference(kt, kr.unsqueeze(1), 0.5)
+    for c in range(2):
+        for j in range(3):
+            assert torch.equal(ext[c, j], torch.cat([kt[c, j], 0.5 * kr[c]]))
+    ad = sm.adain(kt, kr.unsqueeze(1))
+    for c in range(2):
+        assert torch.allclose(ad[c].double(), loop_adain(kt[c], kr[c:c + 1]), atol=1e-5)
 
 
 def test_style_layer_count_and_top_indices():
