@@ -8,7 +8,7 @@ used spaCy word indices as columns, which is off by one (start token) and wrong 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import gradsam_words as words_lib
@@ -23,7 +23,7 @@ STREAM_ORDER = ("l", "g", "h")
 class PromptWord:
     text: str
     norm: str
-    columns: list[int] = field(default_factory=list)
+    columns: list[int]
 
 
 @dataclass
@@ -52,17 +52,36 @@ def _stream_tokenizer(tokenizer: Any, key: str) -> Any:
 
 def _decode(sub: Any, ids: list[int]) -> str:
     pieces = [sub.inv_vocab.get(i, "") for i in ids]
+    text = "".join(pieces)
     hf = getattr(sub, "tokenizer", None)
     if hf is not None and hasattr(hf, "convert_tokens_to_string"):
-        try:
-            return hf.convert_tokens_to_string(pieces).strip()
-        except Exception:  # noqa: BLE001  (a tokenizer without byte decoding: fall back to the raw pieces)
+        try:  # undoes CLIP's byte-level encoding of non-ASCII characters
+            text = hf.convert_tokens_to_string(pieces)
+        except Exception:  # noqa: BLE001  (a tokenizer without byte decoding: keep the raw pieces)
             pass
-    return "".join(pieces).replace("</w>", " ").strip()
+    return text.replace("</w>", " ").strip()
+
+
+def _split_words(sub: Any, cols: list[int], tok: list[int]) -> list[PromptWord]:
+    """One word-id group -> words. Newer hosts give a whole weighted segment one id, older ones one per
+    space-separated word; CLIP's BPE ends every word with '</w>', which splits both the same way.
+    Punctuation-only words ("," "." split off by CLIP) are not words a subject can name."""
+    out: list[PromptWord] = []
+    cur_cols: list[int] = []
+    cur_tok: list[int] = []
+    for i, (c, t) in enumerate(zip(cols, tok)):
+        cur_cols.append(c)
+        cur_tok.append(t)
+        if sub.inv_vocab.get(t, "").endswith("</w>") or i == len(tok) - 1:
+            text = _decode(sub, cur_tok)
+            if any(ch.isalnum() for ch in text):
+                out.append(PromptWord(text, words_lib.normalize(text), cur_cols))
+            cur_cols, cur_tok = [], []
+    return out
 
 
 def _stream_words(chunks: list, sub: Any) -> tuple[list[PromptWord], int]:
-    by_id: dict[int, PromptWord] = {}
+    cols: dict[int, list[int]] = {}
     ids: dict[int, list[int]] = {}
     offset = 0
     for chunk in chunks:
@@ -70,17 +89,15 @@ def _stream_words(chunks: list, sub: Any) -> tuple[list[PromptWord], int]:
             token, word_id = item[0], item[2]
             if word_id <= 0:
                 continue
-            w = by_id.setdefault(word_id, PromptWord("", ""))
-            w.columns.append(offset + i)
-            if isinstance(token, int):
-                ids.setdefault(word_id, []).append(token)
+            cols.setdefault(word_id, []).append(offset + i)
+            ids.setdefault(word_id, []).append(token if isinstance(token, int) else -1)
         offset += len(chunk)
-    out = []
-    for word_id in sorted(by_id):
-        w = by_id[word_id]
-        w.text = _decode(sub, ids[word_id]) if word_id in ids and sub is not None else "<embedding>"
-        w.norm = words_lib.normalize(w.text)
-        out.append(w)
+    out: list[PromptWord] = []
+    for word_id in sorted(cols):
+        if sub is None or any(t < 0 for t in ids[word_id]):
+            out.append(PromptWord("<embedding>", "<embedding>", cols[word_id]))
+        else:
+            out.extend(_split_words(sub, cols[word_id], ids[word_id]))
     return out, offset
 
 
