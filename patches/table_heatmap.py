@@ -44,6 +44,11 @@ def _text_w(draw: ImageDraw.ImageDraw, text: str, font) -> int:
     return box[2] - box[0]
 
 
+def _text_h(draw: ImageDraw.ImageDraw, font) -> int:
+    box = draw.textbbox((0, 0), "Ag", font=font)
+    return box[3] - box[1]
+
+
 def _cut_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
     """[T, L] bool: True where the layer is among the count lowest scores of its row."""
     mask = torch.zeros_like(scores, dtype=torch.bool)
@@ -66,10 +71,17 @@ def render(table: SensitivityTable, lambda_s: float = 0.43, features: Sequence[s
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     labels = [key_short(k) for k in table.layer_keys]
     label_w = max(_text_w(probe, s, small) for s in labels) + 10
+    count = table.count_for(lambda_s)
+    title = (f"{table.family} {table.dimension} sensitivity, {n_layers} layers x {n_steps} timesteps  "
+             f"(bright = lower score = more sensitive)")
+    subtitle = f"white line: lambda_S = {lambda_s:g} cut, the {count} most sensitive layers of each timestep"
+    line_h = _text_h(probe, font) + 6
     panel_w, grid_h = n_steps * cw, n_layers * ch
-    gap, top, strip = 24, 58, max(10, ch)
+    gap, strip = 24, max(10, ch)
+    top = 6 + 2 * line_h + _text_h(probe, small) + 8
     bottom = 14 + strip + 36 + 30
-    width = label_w + len(feats) * panel_w + (len(feats) - 1) * gap + 90
+    width = max(label_w + len(feats) * panel_w + (len(feats) - 1) * gap + 90,
+                16 + max(_text_w(probe, title, font), _text_w(probe, subtitle, small)))
     height = top + grid_h + bottom
     img = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(img)
@@ -77,12 +89,8 @@ def render(table: SensitivityTable, lambda_s: float = 0.43, features: Sequence[s
     all_scores = torch.cat([table.scores[f].flatten() for f in feats])
     lo, hi = float(all_scores.min()), float(all_scores.max())
     span = hi - lo if hi > lo else 1.0
-    count = table.count_for(lambda_s)
-    title = (f"{table.family} {table.dimension} sensitivity, {n_layers} layers x {n_steps} timesteps  "
-             f"(bright = lower score = more sensitive)")
     draw.text((8, 6), title, fill=TEXT, font=font)
-    draw.text((8, 6 + ch + 6), f"white line: lambda_S = {lambda_s:g} cut, the {count} most sensitive layers "
-              "of each timestep", fill=TEXT, font=small)
+    draw.text((8, 6 + line_h), subtitle, fill=TEXT, font=small)
 
     # layer labels, one per row where they fit, always at block starts
     step = max(1, -(-12 // ch))
@@ -98,7 +106,7 @@ def render(table: SensitivityTable, lambda_s: float = 0.43, features: Sequence[s
         grid = rgb.permute(1, 0, 2).contiguous()  # [L, T, 3]
         tile = grid.repeat_interleave(ch, 0).repeat_interleave(cw, 1).numpy()
         img.paste(Image.fromarray(tile, "RGB"), (x0, top))
-        draw.text((x0, top - 16), f"feature {f}", fill=TEXT, font=small)
+        draw.text((x0, top - _text_h(probe, small) - 6), f"feature {f}", fill=TEXT, font=small)
         # block separators
         for r in range(1, n_layers):
             if table.layer_keys[r][:2] != table.layer_keys[r - 1][:2]:

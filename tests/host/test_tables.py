@@ -221,3 +221,26 @@ def test_analysis_node_writes_a_table_and_heatmap_draws_it(pack, tiny_sdxl, tmp_
     bad.write_text(json.dumps({"schema": "conduit.sensitivity_table"}))
     with pytest.raises(errors.ConduitError, match="Load Sensitivity Table.*missing field"):
         nodes["ConduitLoadSensitivityTable"]().load("sdxl_style_qk", str(bad))
+
+
+SD15_FULL_UNET = {**build.SD15_UNET, "model_channels": 320, "channel_mult": [1, 2, 4, 4],
+                  "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+                  "transformer_depth_output": [1] * 9 + [0] * 3, "context_dim": 768, "image_size": 64}
+
+
+def test_diffusers_mapping_covers_a_full_sd15_unet():
+    """SD1.x: attention in down levels 0-2 and up levels 1-3; every diffusers name lands on a real layer."""
+    model = meta_unet(SD15_FULL_UNET, 40, "SD15")
+    keys = [layer.key for layer in layers.attention_layers(model)]
+    names = ([f"down_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1.processor" for b in range(3) for a in range(2)]
+             + [f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1.processor" for b in (1, 2, 3) for a in range(3)]
+             + ["mid_block.attentions.0.transformer_blocks.0.attn1.processor"])
+    mapped = [tables.diffusers_attn1_key(n) for n in names]
+    assert len(keys) == 16 and set(mapped) == set(keys)
+    assert [mapped[c] for c in tables.comfy_order(mapped)] == keys
+
+
+def test_cfg_one_grades_from_the_cond_pass_alone(tiny_sd15):
+    items = [analysis.AnalysisItem(g, tiny_sd15.cond(1, g), tiny_sd15.cond(1, 9), [0, 1]) for g in range(2)]
+    table = analysis.analyse(tiny_sd15.model, items, analysis.AnalysisSettings(steps=2, cfg=1.0, latent_hw=(8, 8)), "T")
+    assert all(torch.isfinite(s).all() for s in table.scores.values())

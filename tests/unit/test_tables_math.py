@@ -21,6 +21,10 @@ def shipped(name):
     return tm.load_table(TABLE_DIR / f"{name}.json")
 
 
+def test_every_shipped_file_is_known():
+    assert sorted(p.stem for p in TABLE_DIR.glob("*.json") if p.name != "schema.json") == sorted(SHIPPED)
+
+
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_table_round_trips(name, tmp_path):
     table = shipped(name)
@@ -126,3 +130,16 @@ def test_corrupt_and_missing_files(tmp_path):
     nan.write_text(json.dumps(data).replace(str(data["scores"]["q"][0][0]), "NaN", 1))
     with pytest.raises(errors.ConduitError, match="non-finite"):
         tm.load_table(nan, "N")
+
+
+def test_json_schema_file_agrees_with_the_loader():
+    schema = json.loads((TABLE_DIR / "schema.json").read_text())
+    assert schema["properties"]["schema"]["const"] == tm.SCHEMA_ID
+    assert schema["properties"]["version"]["const"] == tm.TABLE_VERSION
+    assert set(schema["properties"]["dimension"]["enum"]) == set(tm.DIMENSIONS)
+    data = valid()
+    for field in schema["required"]:
+        broken = dict(data)
+        broken.pop(field)
+        with pytest.raises(errors.ConduitError):
+            tm.load_table(broken)
