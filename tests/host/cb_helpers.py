@@ -1,4 +1,4 @@
-"""Shared by the Conditional Balance host tests: a hand-ranked sensitivity table for the tiny SDXL and a
+"""Shared by the Conditional Balance host and server tests: a hand-ranked sensitivity table for the tiny SDXL and a
 seeded reference latent."""
 import torch
 
@@ -14,12 +14,16 @@ Q_RANKS = [[1, 0, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1, 0], [0, 7, 2, 5, 1, 3
 K_RANKS = [[2, 3, 4, 5, 6, 7, 0, 1], [0, 1, 7, 6, 2, 3, 5, 4], [6, 4, 0, 2, 1, 7, 3, 5]]
 
 
+TINY_SDXL_KEYS = [("input", 5, 0), ("middle", 0, 0)] + [("output", i, 0) for i in range(6)]
+
+
 def tiny_keys(model):
     return [layer.key for layer in layers.attention_layers(model)]
 
 
-def hand_table(model, q_ranks=Q_RANKS, k_ranks=K_RANKS, timesteps=TABLE_T):
-    keys = tiny_keys(model)
+def hand_table(model=None, q_ranks=Q_RANKS, k_ranks=K_RANKS, timesteps=TABLE_T):
+    """model=None: the tiny SDXL's layers without building it (server tests)."""
+    keys = TINY_SDXL_KEYS if model is None else tiny_keys(model)
 
     def scores(ranks):
         rows = []
