@@ -17,6 +17,7 @@ import torch
 from . import reference_branch, style_math
 from .attention import set_replace
 from .compat import model_sampling as get_model_sampling
+from .errors import ConduitError
 from .run_state import attach_run_reset
 from .schedule import in_window
 from .steps import sigma_to_percent
@@ -24,6 +25,7 @@ from .tables import SensitivityTable
 
 log = logging.getLogger(__name__)
 
+NODE = "Conduit Balanced Style"
 MARKER = "conduit_balanced_style"  # transformer_options key; present only in calls that carry reference rows
 
 
@@ -150,6 +152,10 @@ def apply_balanced_style(model_patcher: Any, table: SensitivityTable, reference:
     m = model_patcher.clone()
     if not settings.active:
         return m
+    if m.model_options.get(MARKER):
+        raise ConduitError(NODE, "this model already has Balanced Style applied; a second reference would be "
+                           "added to the first one's batch.", "use one Conduit Balanced Style node per model.")
+    m.model_options[MARKER] = True
     selector = LayerSelector(table, settings.strength)
     planner = Planner(m.model, get_model_sampling(m), reference, selector, settings)
     for key in table.layer_keys:

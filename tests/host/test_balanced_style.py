@@ -215,6 +215,13 @@ def test_cond_and_uncond_run_separately_give_the_same_result(tiny_sdxl, monkeypa
     assert (together - testing.sample(tiny_sdxl.model, c, n, batch=2, steps=3, cfg=4.0)).abs().max() > 1e-3
 
 
+def test_second_application_is_refused(tiny_sdxl):
+    m = patched(tiny_sdxl.model, 0.5)
+    with pytest.raises(errors.ConduitError, match="one Conduit Balanced Style node per model"):
+        patched(m, 0.5)
+    assert not tiny_sdxl.model.model_options.get(bs.MARKER)
+
+
 def test_chains_inside_an_existing_unet_wrapper(tiny_sdxl):
     """Another pack's model_function_wrapper still sees the batch without references."""
     sizes = []
