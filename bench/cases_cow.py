@@ -14,15 +14,6 @@ STEPS = 10
 REFERENCE_EVALS = 37
 
 
-def _sigmas(model, steps: int) -> torch.Tensor:
-    import comfy.samplers
-
-    compat = pack_module("patches.compat")
-    if hasattr(comfy.samplers, "calculate_sigmas"):
-        return comfy.samplers.calculate_sigmas(compat.model_sampling(model), "ddim_uniform", steps).float()
-    return comfy.samplers.calculate_sigmas_scheduler(model.model, "ddim_uniform", steps).float()
-
-
 def _seed(ctx):
     cm = pack_module("patches.cow_math")
     h, w = ctx.latent_hw
@@ -31,24 +22,13 @@ def _seed(ctx):
     return cm.seed_canvas(img, None, box, w * 8, h * 8)
 
 
-def counting(model):
-    m = model.clone()
-    calls = [0]
-
-    def wrap(apply, args):
-        calls[0] += 1
-        return apply(args["input"], args["timestep"], **args["c"])
-    m.set_model_unet_function_wrapper(wrap)
-    return m, calls
-
-
 def cases(ctx) -> list[Row]:
     import comfy.sample
 
     cs = pack_module("patches.cow_sampler")
     base = ctx.model()
     pos, neg = ctx.cond(1, 0), ctx.cond(1, 1)
-    sig = _sigmas(base, STEPS)
+    sig = cs.model_sigmas(base, "ddim_uniform", STEPS)
     sig_list = [float(s) for s in sig]
     seed = _seed(ctx)
     g = torch.Generator().manual_seed(1)
@@ -68,7 +48,7 @@ def cases(ctx) -> list[Row]:
     variants = [("n10_c10_crop", "crop alone", {}), ("n10_c10_in_place", "in place", {}),
                 ("n10_c10_crop_masked_cfg", "crop alone", {"suppress": ctx.cond(1, 3), "diversity": ctx.cond(1, 4)})]
     rows = []
-    counted, calls = counting(base)
+    counted, calls = cs.counting_clone(base)
     for case, mode, extra in variants:
         calls[0] = 0
         pipeline(counted, mode, extra)

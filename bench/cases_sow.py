@@ -6,7 +6,7 @@ import torch
 
 from conduit.pack import pack_module
 
-from .cases_cow import STEPS, _seed, _sigmas
+from .cases_cow import STEPS, _seed
 from .harness import Row, time_pair
 
 TARGET = 1.15
@@ -29,7 +29,7 @@ def cases(ctx) -> list[Row]:
                         indicator_threshold=config.params.threshold))
 
     pos, neg = ctx.cond(1, 0), ctx.cond(1, 1)
-    sig = _sigmas(base, STEPS)
+    sig = cs.model_sigmas(base, "ddim_uniform", STEPS)
     g = torch.Generator().manual_seed(1)
     canvas = torch.randn(1, 4, *ctx.latent_hw, generator=g)
     inv, _ = cs.invert_condition(base, pos, neg, [float(s) for s in sig], canvas, 7.5, STEPS - 7, "in place", seed)

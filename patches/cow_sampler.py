@@ -54,6 +54,29 @@ class CowSpec:
     observer: Callable[[cm.Op, torch.Tensor], None] | None = field(default=None, repr=False)
 
 
+def model_sigmas(model_patcher, scheduler: str, steps: int) -> torch.Tensor:
+    """A scheduler's sigmas for this model on either host (what BasicScheduler outputs)."""
+    import comfy.samplers
+
+    from .compat import model_sampling
+
+    if hasattr(comfy.samplers, "calculate_sigmas"):
+        return comfy.samplers.calculate_sigmas(model_sampling(model_patcher), scheduler, steps).float()
+    return comfy.samplers.calculate_sigmas_scheduler(model_patcher.model, scheduler, steps).float()
+
+
+def counting_clone(model_patcher) -> tuple[Any, list[int]]:
+    """A clone whose batched UNet calls are counted in the returned one-item list (tests and benchmarks)."""
+    m = model_patcher.clone()
+    calls = [0]
+
+    def wrap(apply, args):
+        calls[0] += 1
+        return apply(args["input"], args["timestep"], **args["c"])
+    m.set_model_unet_function_wrapper(wrap)
+    return m, calls
+
+
 # -------------------------------------------------------------------------------------------- inversion
 
 def invert_path(denoise: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor,

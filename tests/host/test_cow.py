@@ -17,12 +17,7 @@ CANVAS = (128, 96)  # width, height in pixels -> 16 x 12 latent
 
 
 def schedule(model, steps, scheduler="ddim_uniform"):
-    import comfy.samplers
-
-    ms = compat.model_sampling(model)
-    if hasattr(comfy.samplers, "calculate_sigmas"):
-        return comfy.samplers.calculate_sigmas(ms, scheduler, steps).float()
-    return comfy.samplers.calculate_sigmas_scheduler(model.model, scheduler, steps).float()
+    return cs.model_sigmas(model, scheduler, steps)
 
 
 def sample_zero_noise(model, pos, neg, sampler, sigmas, latent, cfg):
@@ -43,18 +38,6 @@ def latents(seed_obj, gen_seed=7):
     lx, ly, lw, lh = seed_obj.box.latent
     h, w = seed_obj.canvas_latent_mask.shape
     return {"samples": torch.randn(1, 4, lh, lw, generator=g)}, {"samples": torch.randn(1, 4, h, w, generator=g)}
-
-
-def counting(model):
-    """A clone whose batched UNet calls are counted."""
-    m = model.clone()
-    calls = [0]
-
-    def wrap(apply, args):
-        calls[0] += 1
-        return apply(args["input"], args["timestep"], **args["c"])
-    m.set_model_unet_function_wrapper(wrap)
-    return m, calls
 
 
 def run_cow(tiny, mode="crop alone", steps=10, cycles=10, observer=None, seed=42, renoise="exact", cfg=7.5,
@@ -149,7 +132,7 @@ def test_preservation_applied_exactly_once_at_its_step(tiny_sd15):
 # -------------------------------------------------------------------------------------------- budget
 
 def test_unet_evaluations_within_reference_budget(tiny_sd15):
-    m, calls = counting(tiny_sd15.model)
+    m, calls = cs.counting_clone(tiny_sd15.model)
     run_cow(tiny_sd15, model=m)
     assert calls[0] == 7 + 5 + 20 + 5 <= 37  # inversion, background inversion, cycles, final pass
     calls[0] = 0

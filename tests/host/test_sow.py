@@ -107,11 +107,8 @@ def test_chains_existing_replace_and_acts_only_in_cycles(tiny_sd15):
     m = patched(base, seed)
     pos, neg = tiny_sd15.cond(seed=0), tiny_sd15.cond(seed=1)
     import comfy.sample
-    import comfy.samplers
 
-    sig = comfy.samplers.calculate_sigmas(compat.model_sampling(m), "ddim_uniform", 10) \
-        if hasattr(comfy.samplers, "calculate_sigmas") else \
-        comfy.samplers.calculate_sigmas_scheduler(m.model, "ddim_uniform", 10)
+    sig = pack_module("patches.cow_sampler").model_sigmas(m, "ddim_uniform", 10)
     lx, ly, lw, lh = seed.box.latent
     crop = {"samples": torch.randn(1, 4, lh, lw, generator=torch.Generator().manual_seed(2))}
     canvas = torch.randn(1, 4, 12, 16, generator=torch.Generator().manual_seed(3))
