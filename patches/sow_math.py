@@ -8,8 +8,10 @@ with c, r the condition / related-region indicators at the layer's grid (area fr
 w_t = exp(-time_decay * u) for progress u <= time_cutoff (else 0), w_d = exp(-d(q) / distance_tau) with d
 the distance from q to the condition's centre in units of the grid's longer side, and g the indicator gate.
 
-B is rank 2: B = F G^T with F = [-lambda_s c, lambda_e w_d r], G = [1 - c, c]. It is never built densely:
-two extra channels on q and k (zero on v) make any scaled-dot-product attention add F G^T to its logits.
+Softmax ignores a per-query constant, and -lambda_s c(q) (1 - c(k)) = -lambda_s c(q) + lambda_s c(q) c(k), so
+the same attention comes from the rank-1 bias f(q) c(k) with f = lambda_s c + lambda_e w_d r. It is never built
+densely: one extra channel on q and k (zero on v) makes any scaled-dot-product attention add f c^T to its
+logits.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PAD = 8  # extra head channels are padded to a multiple of 8 so fused attention kernels still apply
+CUDA_PAD = 8  # on CUDA the extra head channels are padded to a multiple of 8 so fused kernels still apply
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,8 @@ class Regions:
     related: torch.Tensor  # [N] related indicator r (condition removed)
     dist_w: torch.Tensor  # [N] w_d
     near: torch.Tensor  # [n] token indices of the related points closest to the condition centre
-    f: torch.Tensor  # [N, 2] (unscaled by w_t and g)
-    g: torch.Tensor  # [N, 2]
+    f: torch.Tensor  # [N, 1] query factor (unscaled by w_t and g)
+    g: torch.Tensor  # [N, 1] key factor
 
     @property
     def active(self) -> bool:
@@ -101,9 +103,8 @@ def regions(cond_mask: torch.Tensor, related_mask: torch.Tensor | None, grid: tu
     candidates = torch.nonzero(r >= 0.5).flatten()
     n = int(math.ceil(candidates.numel() * params.near_fraction)) if candidates.numel() else 0
     near = candidates[torch.argsort(d[candidates], stable=True)[:n]] if n else candidates
-    f = torch.stack([-params.suppress * c, params.enhance * wd * r], -1)
-    g = torch.stack([1 - c, c], -1)
-    return Regions(c, r, wd, near, f, g)
+    f = (params.suppress * c + params.enhance * wd * r)[:, None]
+    return Regions(c, r, wd, near, f, c[:, None].clone())
 
 
 def indicator(q: torch.Tensor, k: torch.Tensor, heads: int, near: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -140,7 +141,7 @@ def augmented_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads
     b, n, inner = q.shape
     d = inner // heads
     r = f.shape[-1]
-    pad = -(-r // PAD) * PAD
+    pad = -(-r // CUDA_PAD) * CUDA_PAD if q.is_cuda else r
     d2 = d + pad
 
     def extend(x: torch.Tensor, extra: torch.Tensor | None, scale: float) -> torch.Tensor:

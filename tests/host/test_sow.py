@@ -119,7 +119,7 @@ def test_chains_existing_replace_and_acts_only_in_cycles(tiny_sd15):
     assert phases == {"invert", "cycle", "final"}
     for phase, dim, declared in seen:
         if phase == "cycle":
-            assert dim == 16 + sm.PAD and declared == dim
+            assert dim == 16 + 1 and declared == dim  # one bias channel (CPU: no padding)
         else:
             assert dim == 16 and declared == 16
 
