@@ -53,9 +53,10 @@ def to_nchw(images) -> torch.Tensor:
     return x
 
 
-def load(path: str = WEIGHTS) -> ToyNet:
+def load(path: str | None = None) -> ToyNet:
     from safetensors.torch import load_file
 
+    path = path or WEIGHTS
     net = ToyNet()
     net.load_state_dict(load_file(path))
     net.eval()
@@ -95,7 +96,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def train(steps: int = 700, batch: int = 64, seed: int = 1234, path: str = WEIGHTS) -> dict[str, float]:
+def train(steps: int = 600, batch: int = 64, seed: int = 1234, path: str | None = None) -> dict[str, float]:
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -119,6 +120,7 @@ def train(steps: int = 700, batch: int = 64, seed: int = 1234, path: str = WEIGH
             bar.set_postfix(loss=f"{loss.item():.3f}")
     net.eval()
     acc = accuracy_on_procedural(net, 512, seed + 1)
+    path = path or WEIGHTS
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
     return acc

@@ -30,15 +30,16 @@ def split_state(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.T
     return parts
 
 
-def read_recipe(path: str = WEIGHTS) -> dict:
+def read_recipe(path: str | None = None) -> dict:
     from safetensors import safe_open
 
+    path = path or WEIGHTS
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
     return json.loads(meta.get("conduit_toy_recipe", "{}"))
 
 
-def load_toy_bundle(path: str = WEIGHTS) -> build.TinyBundle:
+def load_toy_bundle(path: str | None = None) -> build.TinyBundle:
     """Real ComfyUI MODEL / CLIP / VAE objects with the toy weights.
 
     Built outside inference mode so the weights are ordinary tensors: techniques that take gradients
@@ -46,6 +47,7 @@ def load_toy_bundle(path: str = WEIGHTS) -> build.TinyBundle:
     """
     from safetensors.torch import load_file
 
+    path = path or WEIGHTS
     if not os.path.isfile(path):
         raise FileNotFoundError(f"toy model weights not found at {path}; run scripts/train_toy.py")
     with torch.inference_mode(False), torch.no_grad():
