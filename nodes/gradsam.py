@@ -284,8 +284,9 @@ class ConduitGradSAMMask:
         hw = tuple(result.mask.shape[-2:])
         size = (hw[0] * 8, hw[1] * 8)
         mask = F.interpolate(result.mask.float().cpu(), size=size, mode="nearest")[:, 0]
-        imp = gm.normalize_map(result.importance.float().sum(dim=1, keepdim=True)).cpu()
-        return (mask, F.interpolate(imp, size=size, mode="bilinear", align_corners=False)[:, 0])
+        imp = F.interpolate(result.importance.float().sum(dim=1, keepdim=True).cpu(), size=size, mode="bilinear",
+                            align_corners=False)
+        return (mask, gm.normalize_map(imp)[:, 0])
 
 
 NODE_CLASS_MAPPINGS = {
