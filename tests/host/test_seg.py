@@ -396,3 +396,32 @@ def test_composes_with_comfyui_pag_node(tiny_sdxl, host, order):
     assert counter.forwards == 2 * 3 and counter.middle_rows.count(3) == 2
     seg_only, _ = seg_between_recorders(tiny_sdxl.model, seg.SegSettings(sigma=-1.0))
     assert not torch.equal(both, testing.sample(seg_only, pos, neg, steps=2, cfg=5.0))
+
+
+# -- infinite blur: one query per image -------------------------------------------------------------------
+def test_infinite_blur_attends_one_query_and_equals_full_attention(monkeypatch):
+    import comfy.ldm.modules.attention as cattn
+
+    sa = pack_module("patches.seg_attention")
+    attention = pack_module("patches.attention")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 48, 32, generator=g) for _ in range(3))
+    extra = {"n_heads": 2, "original_shape": [3, 4, 12, 16]}
+    mean_q = q.mean(dim=1, keepdim=True).expand_as(q).contiguous()
+    full = plain_attention(mean_q, k, v, extra)
+    seen = []
+    real = cattn.optimized_attention
+    monkeypatch.setattr(cattn, "optimized_attention", lambda q_, k_, v_, h, *a, **kw: seen.append(q_.shape[1])
+                        or real(q_, k_, v_, h, *a, **kw))
+    fast = sa.blurred_attention(-1.0)(attention.default_attention)(q, k, v, extra)
+    assert seen == [1] and fast.shape == q.shape
+    assert torch.allclose(fast, full, atol=1e-5)
+    seen.clear()
+    forked = sa.blurred_attention(-1.0, first_row=2, rows=3)(attention.default_attention)(q, k, v, extra)
+    assert sorted(seen) == [1, 48]
+    assert torch.allclose(forked[:2], plain_attention(q[:2], k[:2], v[:2], extra), atol=1e-6)
+    assert torch.allclose(forked[2:], full[2:], atol=1e-5)
+    foreign = ForeignReplace()
+    out = sa.blurred_attention(-1.0)(foreign)(q, k, v, extra)
+    assert foreign.rows == [3] and torch.allclose(out, 0.9 * full, atol=1e-5)  # all 48 queries for others
+    assert torch.equal(sa.blurred_attention(-1.0, rows=5)(foreign)(q, k, v, extra), foreign(q, k, v, extra))
