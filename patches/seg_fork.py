@@ -256,8 +256,8 @@ class PrefixFork:
         from .attention import existing_replace, chained
 
         n = call.x.shape[0]
-        src = torch.cat([torch.arange(s.start, s.stop) for s in slices])
-        idx = torch.cat([torch.arange(n), src])
+        src = torch.cat([torch.arange(s.start, s.stop) for s in slices]).to(call.x.device)
+        idx = torch.cat([torch.arange(n, device=src.device), src])
         n_new = int(idx.numel())
         mo = {"transformer_options": dict(call.options)}
         make = self.make_replace(n, n_new)
