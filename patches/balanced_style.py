@@ -8,7 +8,6 @@ post-projection q/k/v as in the official handler. The reference rows come from r
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +22,6 @@ from .schedule import in_window
 from .steps import sigma_to_percent
 from .tables import SensitivityTable
 
-log = logging.getLogger(__name__)
 
 NODE = "Conduit Balanced Style"
 MARKER = "conduit_balanced_style"  # transformer_options key; present only in calls that carry reference rows

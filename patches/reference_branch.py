@@ -10,7 +10,6 @@ sees the batch without references.
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +19,8 @@ from . import style_math
 from .compat import has_patcher_extension
 from .run_state import RunState
 
-log = logging.getLogger(__name__)
-
 ApplyFn = Callable[..., torch.Tensor]  # apply(x, t, **c) like BaseModel.apply_model
-# plan(x, t, c) -> None (run unchanged) or (reference latent at this sigma [1, C, H, W], value for the marker)
+# planner(apply, x, t, c) -> None (run unchanged) or (reference latent at this sigma [1, C, H, W], value for the marker)
 Planner = Callable[[ApplyFn, torch.Tensor, torch.Tensor, dict], "tuple[torch.Tensor, Any] | None"]
 
 
