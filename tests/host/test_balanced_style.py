@@ -335,3 +335,15 @@ def test_shipped_sdxl_table_selection_matches_official_ranking():
     _, k = sel.at(0)
     assert q == {cb_index_to_key(i) for i in q981}
     assert k == {cb_index_to_key(i) for i in k1}
+
+
+def test_sd15_with_its_own_table(tiny_sd15):
+    """Any family works with a table made for it (the analysis node's output); SD1.5 has no shipped table."""
+    keys = tiny_keys(tiny_sd15.model)
+    scores = {f: torch.linspace(0, 1, len(keys), dtype=torch.float64).roll(i).repeat(2, 1)
+              for i, f in enumerate(("q", "k"))}
+    table = tables.SensitivityTable("sd15", "style", keys, [800, 200], scores)
+    m = bs.apply_balanced_style(tiny_sd15.model, table, rb.NoisedReference(ref_latent(), 0), bs.StyleSettings(0.5))
+    c, n = tiny_sd15.cond(), tiny_sd15.cond(seed=1)
+    out = testing.sample(m, c, n, steps=2, cfg=4.0)
+    assert torch.isfinite(out).all() and (out - testing.sample(tiny_sd15.model, c, n, steps=2, cfg=4.0)).abs().max() > 1e-3
