@@ -46,9 +46,10 @@ def text_inputs() -> dict:
 def mask_inputs() -> dict:
     return {
         "layers": (list(LAYER_MODES), {"default": "last",
-                                       "tooltip": "Cross-attention layers to score. 'last': the last up-block "
-                                                  "layer at the highest resolution (the reference's choice). "
-                                                  "'all': every cross-attention layer, maps averaged."}),
+                                       "tooltip": "Cross-attention layers to score. 'last' (default): the last "
+                                                  "up-block layer at the highest resolution, the reference's "
+                                                  "choice. 'all': every cross-attention layer, maps averaged "
+                                                  "(slower, more memory). 'custom': the list in custom_layers."}),
         "score": (list(gm.SCORE_MODES), {"default": "abs",
                                          "tooltip": "'abs': attention x |gradient| (the paper's Abs-Grad-SAM). "
                                                     "'gradsam': attention x ReLU(gradient) (what the reference "
@@ -69,8 +70,9 @@ def mask_inputs() -> dict:
                                         "many times (each adds one latent pixel = 8 image pixels). Default 3 "
                                         "(the reference's intended iterations)."}),
         "custom_layers": ("STRING", {"default": "",
-                                     "tooltip": "Optional: cross-attention layers by short name (e.g. 'o5.1, "
-                                                "o4.1', see Conduit Model Layers). Overrides 'layers'."}),
+                                     "tooltip": "Only with layers = custom: comma-separated layer names such as "
+                                                "'o5.1, o4' (o = output block, number, optional .depth; ranges "
+                                                "like o3-5 work). Conduit Model Layers lists them."}),
     }
 
 

@@ -22,10 +22,11 @@ from .grid import token_grid
 from .gradsam_attention import PassHooks, pass_options
 from .gradsam_tail import autograd_ready, tail_modules
 from .layers import AttentionLayer, attention_layers
+from .seg_layers import parse_tokens
 
 log = logging.getLogger(__name__)
 
-LAYER_MODES = ("last", "all")
+LAYER_MODES = ("last", "all", "custom")
 THRESHOLD_MODES = ("each subject", "all subjects")
 
 
@@ -34,8 +35,8 @@ class MaskSettings:
     subjects: tuple[tuple[int, ...], ...]  # token columns per subject
     subject_names: tuple[str, ...]
     own_length: int
-    layers: str = "last"  # "last" | "all"
-    custom_layers: str = ""  # short names, e.g. "o5.0, o4.0"; overrides `layers` when set
+    layers: str = "last"  # "last" | "all" | "custom"
+    custom_layers: str = ""  # with layers == "custom": e.g. "o5.1, o4", Conduit's layer syntax
     score: str = "abs"
     kappa: float = 0.5
     threshold_over: str = "each subject"
@@ -56,17 +57,17 @@ def as_patcher(base_model) -> types.SimpleNamespace:
 
 
 def choose_layers(base_model, mode: str, custom: str, node: str) -> list[AttentionLayer]:
+    """'last': the last up-block cross-attention at the finest up resolution (the reference's layer); 'all':
+    every cross-attention layer; 'custom': the list in `custom`, in Conduit's layer syntax (o5.1, o3-5, m0)."""
     cross = [layer for layer in attention_layers(as_patcher(base_model), node) if layer.has_cross]
     if not cross:
         raise ConduitError(node, "this model has no cross-attention layers.", "use an SD1.x, SD2.x or SDXL model.")
-    names = [n.strip() for n in custom.replace(";", ",").split(",") if n.strip()]
-    if names:
-        by_name = {layer.short: layer for layer in cross}
-        unknown = [n for n in names if n not in by_name]
-        if unknown:
-            raise ConduitError(node, f"layers {', '.join(unknown)} are not cross-attention layers of this model.",
-                               f"use some of: {', '.join(by_name)}.")
-        return sorted({by_name[n] for n in names}, key=lambda layer: layer.order)
+    custom = (custom or "").strip()
+    if mode == "custom":
+        return _custom(cross, custom, node)
+    if custom:
+        raise ConduitError(node, f"custom_layers is set ('{custom}') but layers is '{mode}'.",
+                           "set layers to 'custom' to use the list, or clear custom_layers.")
     if mode == "all":
         return cross
     if mode != "last":
@@ -74,6 +75,18 @@ def choose_layers(base_model, mode: str, custom: str, node: str) -> list[Attenti
     ups = [layer for layer in cross if layer.block == "output"] or cross
     finest = min(layer.downsample for layer in ups)
     return [[layer for layer in ups if layer.downsample == finest][-1]]
+
+
+def _custom(cross: list[AttentionLayer], text: str, node: str) -> list[AttentionLayer]:
+    chosen: set[tuple] = set()
+    for token, block, ids, depths in parse_tokens(text, node):
+        hits = [layer.key for layer in cross
+                if layer.block == block and layer.block_id in ids and (depths is None or layer.index in depths)]
+        if not hits:
+            raise ConduitError(node, f"layer token '{token}' names no cross-attention layer of this model.",
+                               f"pick from: {', '.join(layer.short for layer in cross)}.")
+        chosen.update(hits)
+    return [layer for layer in cross if layer.key in chosen]
 
 
 def _objective(hooks: PassHooks, target: torch.Tensor) -> torch.Tensor | None:

@@ -215,8 +215,10 @@ def test_bad_input(tiny, clips, family, caplog):
         gradsam_sampler(clip, latent(), "dog")
     with pytest.raises(errors.ConduitError, match="step_percents"):
         gradsam_sampler(clip, latent(), "cat", percents="0.2, 1.5")
-    with pytest.raises(errors.ConduitError, match="not cross-attention layers"):
-        custom(model, clip, gradsam_sampler(clip, latent(), "cat", custom_layers="o9.9"))
+    with pytest.raises(errors.ConduitError, match="'o9.9' names no cross-attention layer"):
+        custom(model, clip, gradsam_sampler(clip, latent(), "cat", layers="custom", custom_layers="o9.9"))
+    with pytest.raises(errors.ConduitError, match="custom_layers is set"):
+        custom(model, clip, gradsam_sampler(clip, latent(), "cat", custom_layers="o5"))
     with pytest.raises(errors.ConduitError, match="reference has 2 images"):
         custom(model, clip, gradsam_sampler(clip, latent(batch=2)), empty={"samples": torch.zeros(3, 4, *LATENT)})
     with caplog.at_level(logging.WARNING):

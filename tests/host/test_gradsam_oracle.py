@@ -112,7 +112,7 @@ def test_two_layer_aggregate_equals_definition(tiny_sd15):
     pos, neg = tiny_sd15.cond(1, 2), tiny_sd15.cond(1, 3)
     chosen = [layer for layer in layers_lib.attention_layers(tiny_sd15.model) if layer.short in ("o3.0", "o5.0")]
     assert len(chosen) == 2 and chosen[0].grid(LATENT) != chosen[1].grid(LATENT)
-    settings = gp.MaskSettings(SUBJECTS, ("a", "b"), 77, custom_layers="o5.0, o3.0")
+    settings = gp.MaskSettings(SUBJECTS, ("a", "b"), 77, layers="custom", custom_layers="o5.0, o3")
     x, sigma, result = run_pass(tiny_sd15.model, settings, pos, neg, percent=0.3)
     maps = oracle_maps(tiny_sd15.model.model, x, sigma, pos[0][0], neg[0][0], [c.key for c in chosen], "abs")
     up = [F.interpolate(m, size=LATENT, mode="bilinear", align_corners=False) for m in maps]
