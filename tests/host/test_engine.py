@@ -96,7 +96,7 @@ def test_percent_round_trip_through_model_sampling(tiny_sdxl):
         assert steps.sigma_to_percent(ms, steps.percent_to_sigma(ms, p)) == pytest.approx(p, abs=2e-3)
 
 
-@pytest.mark.parametrize("hw", [(36, 20), (25, 17), (144, 112)])
+@pytest.mark.parametrize("hw", [(36, 20), (25, 17), (20, 46)])
 def test_any_aspect_ratio_samples(tiny_sdxl, hw):
     """Odd and non-square latents: grids recovered inside a replace match the real feature maps."""
     checked = []
