@@ -159,3 +159,45 @@ def test_gate_residuals_keeps_mid_only():
     assert control["output"][0] is a  # the original dict is not modified
     assert gate.gate_residuals(control, gate_mid=True)["middle"] == [None]
     assert gate.gate_residuals(None, False) is None
+
+
+class FakeSampling:
+    def timestep(self, sigma):
+        return sigma * 100.0  # sigma 5 -> t 500
+
+
+class FakeControlNet:
+    def __init__(self):
+        self.calls, self.previous_controlnet, self.strength = [], None, 0.8
+
+    def get_control(self, x, t, cond, batched, *rest):
+        self.calls.append((float(t[0]), rest))
+        return {"input": [], "middle": [torch.ones(1)], "output": [torch.ones(1), torch.ones(1)]}
+
+    def pre_run(self, model, fn):
+        self.pre = True
+
+    def copy(self):
+        return FakeControlNet()
+
+
+def test_gated_control_forwards_protocol_and_gates_by_timestep():
+    import copy
+
+    inner = FakeControlNet()
+    model = type("M", (), {"model_sampling": FakeSampling()})()
+    cond = [[torch.zeros(1), {"control": inner}]]
+    (pos, neg) = gate.gate_conditionings([cond, cond], gate.GateSettings(0.5, gate_mid=True))
+    g = pos[0][1]["control"]
+    assert g is neg[0][1]["control"] and cond[0][1]["control"] is inner
+    g.pre_run(model, None)
+    assert inner.pre and g.strength == 0.8
+    g.strength = 0.5  # attribute writes reach the wrapped ControlNet
+    assert inner.strength == 0.5
+    assert g.get_control(None, torch.tensor([6.0]), {}, 2, "opts")["output"][0] is not None
+    assert g.get_control(None, torch.tensor([4.0]), {}, 2) is None  # all gated: not computed
+    assert inner.calls == [(6.0, ("opts",))]  # sigma 6 = timestep 600 >= 500: ungated, arguments passed on
+    clone = copy.deepcopy(g)
+    assert isinstance(clone, gate.GatedControl) and clone.settings == g.settings
+    assert isinstance(g.copy().inner, FakeControlNet)
+    assert gate.gate_conditionings([cond], gate.GateSettings(0.0))[0][0][1]["control"] is inner
