@@ -158,13 +158,16 @@ def test_replacement_keeps_subject_and_pastes_noised_reference(tiny, clips, fami
         return out
 
     monkeypatch.setattr(gm, "replace_background", spy)
+    backward = []
+    real_grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: backward.append(1) or real_grad(*a, **k))
     ref = latent(seed=5)
     sampler = gradsam_sampler(clip, ref, "cat", dilation=0)
     custom(model, clip, sampler)
     run = sampler.conduit_gradsam
     sigmas = sigmas_for(model)
     steps = expected_steps(model, sigmas)
-    assert [m.index for m in run.masks] == steps and len(seen) == len(steps)
+    assert [m.index for m in run.masks] == steps and len(seen) == len(steps) == len(backward)  # one pass each
     ref_in = model.model.process_latent_in(ref["samples"])
     noise = torch.randn(ref_in.shape, generator=torch.Generator().manual_seed(7))
     for (x, noised, keep, out), m in zip(seen, run.masks):
