@@ -94,7 +94,7 @@ def apply_seg(model_patcher, settings: SegSettings, node: str = NODE):
     where = fork_block(layers) if settings.share_prefix else None
     if where is not None and scale != 0:
         uid = uuid.uuid4().hex[:12]
-        fork = PrefixFork(uid, where, keys, lambda n, n_new: blurred_attention(sigma, n, n_new), active)
+        fork = PrefixFork(uid, where, keys, lambda n, n_new, flag: blurred_attention(sigma, n, n_new, flag), active)
         install_apply_wrapper(m, f"conduit_seg_{uid}", fork)
         from .run_state import attach_run_reset
 

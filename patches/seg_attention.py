@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -10,12 +11,13 @@ from .grid import token_grid
 from .seg_math import blur_tokens, is_identity, is_infinite, mean_query
 
 
-def blurred_attention(sigma: float, first_row: int = 0, rows: int | None = None
+def blurred_attention(sigma: float, first_row: int = 0, rows: int | None = None, when: Any = True
                       ) -> Callable[[AttentionFn], AttentionFn]:
     """make(inner) for attention.set_replace / options_set_replace.
 
     Rows [first_row:] get blurred queries; rows before it run inner untouched. With rows set, a call whose
-    batch is not that size passes straight to inner (a forked forward only blurs its appended twin rows).
+    batch is not that size passes straight to inner (a forked forward only blurs its appended twin rows), and
+    so does every call while `when` is falsy (the fork's flag: the batch has not widened).
     Infinite sigma makes every query of an image the same, so every output token is the same too: with
     ComfyUI's own attention inner, one query per image is attended and broadcast. Another pack's function
     may assume as many queries as keys, so it gets the full mean-query tensor instead.
@@ -25,7 +27,8 @@ def blurred_attention(sigma: float, first_row: int = 0, rows: int | None = None
         single_query = is_infinite(sigma) and inner is default_attention
 
         def seg_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict) -> torch.Tensor:
-            if is_identity(sigma) or (rows is not None and q.shape[0] != rows) or first_row >= q.shape[0]:
+            skip = rows is not None and q.shape[0] != rows
+            if is_identity(sigma) or not when or skip or first_row >= q.shape[0]:
                 return inner(q, k, v, extra)
             r = first_row
             if single_query:

@@ -52,8 +52,9 @@ class ApplyCall:
 
 
 def install_apply_wrapper(model_patcher: Any, key: str, fn: Callable[[ApplyCall], torch.Tensor]) -> None:
-    """Wrap BaseModel.apply_model: an APPLY_MODEL wrapper where the host has them (list-type), else the
-    single model_function_wrapper slot, chained to whatever function already sits there."""
+    """Wrap BaseModel.apply_model: an APPLY_MODEL wrapper where the host has them (list-type, run in the order
+    they were added), else the single model_function_wrapper slot, chained inside whatever function already
+    sits there."""
     from .compat import has_patcher_extension
 
     if has_patcher_extension():
@@ -71,13 +72,14 @@ def install_apply_wrapper(model_patcher: Any, key: str, fn: Callable[[ApplyCall]
     previous = model_patcher.model_options.get("model_function_wrapper")
 
     def unet_wrapper(apply_model, args):
-        def run(x, t, c):
-            if previous is not None:
-                return previous(apply_model, {"input": x, "timestep": t, "c": c,
-                                              "cond_or_uncond": args["cond_or_uncond"]})
-            return apply_model(x, t, **c)
+        model = apply_model.__self__ if hasattr(apply_model, "__self__") else None
 
-        return fn(ApplyCall(args["input"], args["timestep"], args["c"], apply_model.__self__, run))
+        def ours(x, t, **c):
+            return fn(ApplyCall(x, t, c, model, lambda x_, t_, c_: apply_model(x_, t_, **c_)))
+
+        if previous is not None:  # innermost, so rows another pack's wrapper adds are forked along
+            return previous(ours, args)
+        return ours(args["input"], args["timestep"], **args["c"])
 
     model_patcher.set_model_unet_function_wrapper(unet_wrapper)
 
@@ -145,10 +147,23 @@ def _widen(value, idx: torch.Tensor, n: int):
     return value
 
 
+class ForkFlag:
+    """Set once the batch really widened in this forward; everything else of the fork waits for it."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def __bool__(self) -> bool:
+        return self.on
+
+
 @contextmanager
-def _forked_forward(unet: torch.nn.Module, fork_module: torch.nn.Module, n: int, idx: torch.Tensor,
-                    on_fork: Callable[[dict], None], sink: list):
-    """While active, the UNet forward widens its batch from n to len(idx) rows at fork_module."""
+def _forked_forward(unet: torch.nn.Module, fork_module: torch.nn.Module, n: int, idx: torch.Tensor, cou: list,
+                    on_fork: Callable[[dict], None], sink: list, flag: ForkFlag):
+    """While active, the UNet forward widens its batch from n to len(idx) rows at fork_module.
+
+    The fork only happens when the fork module sees exactly the rows and chunks this wrapper saw: a wrapper
+    inside ours that adds rows (another pack's reference branch, say) makes it a plain forward."""
     from comfy.ldm.modules.attention import SpatialTransformer
     from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock
 
@@ -156,17 +171,19 @@ def _forked_forward(unet: torch.nn.Module, fork_module: torch.nn.Module, n: int,
 
     def pre(module, args, kwargs):
         x = args[0]
-        if module is fork_module and x.shape[0] == n:
-            x = _widen(x, idx, n)
+        if module is fork_module and not flag and x.shape[0] == n:
             options = args[2] if len(args) > 2 else kwargs.get("transformer_options")
-            if isinstance(options, dict):
-                on_fork(options)
-        if x.shape[0] != n_new:
+            if not isinstance(options, dict) or list(options.get("cond_or_uncond") or []) != cou:
+                return None
+            x = _widen(x, idx, n)
+            on_fork(options)
+            flag.on = True
+        if not flag or x.shape[0] != n_new:
             return None
         return (x,) + tuple(_widen(a, idx, n) for a in args[1:]), {k: _widen(v, idx, n) for k, v in kwargs.items()}
 
     def strip(module, inputs, output):
-        if output.shape[0] != n_new:
+        if not flag or output.shape[0] != n_new:
             return None
         sink.append(output[n:])
         return output[:n]
@@ -186,12 +203,13 @@ class PrefixFork:
     """Apply-model wrapper + stash for one SEG patch (one instance per patched model)."""
 
     def __init__(self, uid: str, fork_key: tuple[str, int], replace_keys: list[tuple],
-                 make_replace: Callable[[int, int], Callable], is_active: Callable[[Any, float], bool]) -> None:
+                 make_replace: Callable[[int, int, ForkFlag], Callable],
+                 is_active: Callable[[Any, float], bool]) -> None:
         self.replay_key = f"conduit_seg_replay_{uid}"
         self.skip_key = f"conduit_seg_skip_{uid}"
         self.fork_key = fork_key  # (block, id) of the SpatialTransformer where the batch widens
         self.replace_keys = replace_keys
-        self.make_replace = make_replace  # (n_orig, n_new) -> make(inner) for the twin rows
+        self.make_replace = make_replace  # (n_orig, n_new, flag) -> make(inner) for the twin rows
         self.is_active = is_active
         self.state: RunState[Window] = RunState(Window)
 
@@ -211,6 +229,8 @@ class PrefixFork:
     def _plan(self, call: ApplyCall, sigma: float):
         opts = call.options
         cou = list(opts.get("cond_or_uncond") or [])
+        if getattr(call.model, "diffusion_model", None) is None:
+            return None  # wrapped by something that hides the model: run the ordinary pass
         if COND not in cou or not self.is_active(call.model, sigma):
             return None
         if any(k in opts.get("patches", {}) for k in UNSAFE_PATCHES):
@@ -260,7 +280,8 @@ class PrefixFork:
         idx = torch.cat([torch.arange(n, device=src.device), src])
         n_new = int(idx.numel())
         mo = {"transformer_options": dict(call.options)}
-        make = self.make_replace(n, n_new)
+        flag = ForkFlag()
+        make = self.make_replace(n, n_new, flag)
         for key in self.replace_keys:
             mo = options_with_replace(mo, chained(make, existing_replace(mo, "attn1", key)), "attn1", key)
         opts = mo["transformer_options"]
@@ -268,7 +289,7 @@ class PrefixFork:
         patches = dict(opts.get("patches", {}))
 
         def widen_skip(h, hsp, transformer_options):
-            if h.shape[0] == n_new and hsp.shape[0] == n:
+            if flag and h.shape[0] == n_new and hsp.shape[0] == n:
                 hsp = _widen(hsp, idx, n)
             return h, hsp
 
@@ -288,7 +309,7 @@ class PrefixFork:
         c = dict(call.c)
         c["transformer_options"] = opts
         sink: list = []
-        with _forked_forward(call.model.diffusion_model, fork_module, n, idx, on_fork, sink):
+        with _forked_forward(call.model.diffusion_model, fork_module, n, idx, cou, on_fork, sink, flag):
             out = call.run(call.x, call.t, c)
         if len(sink) != 1:
             log.debug("SEG fork did not take place in this call (%d outputs); the separate pass will run",
@@ -332,7 +353,10 @@ class PrefixFork:
 
         sigma = float(torch.as_tensor(args["sigma"]).flatten()[0])
         win = self.state.at(sigma)
-        if win.sigma != sigma or not win.entries or win.ambiguous:
+        if win.sigma != sigma:
+            win.restart(sigma)
+        win.consumed.append(args["input"])  # later passes of this step (other packs') are not forked
+        if not win.entries or win.ambiguous:
             win.close()
             return None
         conds = [{k: v for k, v in c.items() if k != "control"} if isinstance(c, dict) else c for c in args["cond"]]

@@ -52,12 +52,14 @@ def oracle_replace(layer, sigma, inner):
     return fn
 
 
-def oracle_blurred_pass(args, chosen, sigma, inner=plain_attention):
+def oracle_blurred_pass(args, chosen, sigma):
+    """The positive prompt through ComfyUI with blurred queries, in front of whatever ComfyUI would call."""
     opts = args["model_options"]
     for layer in chosen:
         to = dict(opts.get("transformer_options", {}))
         pr = dict(to.get("patches_replace", {}))
         slot = dict(pr.get("attn1", {}))
+        inner = slot.get(layer.key, slot.get(layer.key[:2], plain_attention))
         slot[layer.key] = oracle_replace(layer, sigma, inner)
         pr["attn1"] = slot
         to["patches_replace"] = pr
@@ -68,8 +70,8 @@ def oracle_blurred_pass(args, chosen, sigma, inner=plain_attention):
 class Recorder:
     """Post-CFG functions around SEG's: its input, its output, and the oracle's blurred prediction."""
 
-    def __init__(self, chosen, sigma, inner=plain_attention):
-        self.chosen, self.sigma, self.inner = chosen, sigma, inner
+    def __init__(self, chosen, sigma):
+        self.chosen, self.sigma = chosen, sigma
         self.steps = []
 
     def __deepcopy__(self, memo):
@@ -82,18 +84,18 @@ class Recorder:
     def after(self, args):
         step = self.steps[-1]
         step["seg"] = args["denoised"]
-        step["blurred"] = oracle_blurred_pass(args, self.chosen, self.sigma, self.inner)
+        step["blurred"] = oracle_blurred_pass(args, self.chosen, self.sigma)
         return args["denoised"]
 
 
-def seg_between_recorders(base, settings, inner=plain_attention, sigma_oracle=None):
+def seg_between_recorders(base, settings, sigma_oracle=None):
     chosen = [l for l in layers_mod.attention_layers(base) if l.block == "middle"] \
         if settings.layers == "middle" else None
     if chosen is None:
         chosen = pack_module("patches.seg_layers").select_layers(
             layers_mod.attention_layers(base), settings.layers, settings.custom_layers, "t")
     sig = settings.sigma if sigma_oracle is None else sigma_oracle
-    rec = Recorder(chosen, -1.0 if (sig < 0 or math.isinf(sig)) else sig, inner)
+    rec = Recorder(chosen, -1.0 if (sig < 0 or math.isinf(sig)) else sig)
     m = base.clone()
     m.set_model_sampler_post_cfg_function(rec.before)
     m = seg.apply_seg(m, settings)
@@ -327,9 +329,9 @@ def test_chains_to_another_packs_replace_at_the_same_layer(tiny_sdxl, order):
     base = tiny_sdxl.model.clone()
     if order == "foreign_first":
         base.set_model_attn1_replace(foreign, "middle", 0, 0)
-        m, rec = seg_between_recorders(base, seg.SegSettings(sigma=1.5), inner=foreign)
+        m, rec = seg_between_recorders(base, seg.SegSettings(sigma=1.5))
     else:
-        m, rec = seg_between_recorders(base, seg.SegSettings(sigma=1.5), inner=foreign)
+        m, rec = seg_between_recorders(base, seg.SegSettings(sigma=1.5))
         m.set_model_attn1_replace(foreign, "middle", 0, 0)
     testing.sample(m, tiny_sdxl.cond(), tiny_sdxl.cond(seed=1), steps=2, cfg=5.0)
     assert_hand_computation(rec, 3.0)
@@ -425,3 +427,41 @@ def test_infinite_blur_attends_one_query_and_equals_full_attention(monkeypatch):
     out = sa.blurred_attention(-1.0)(foreign)(q, k, v, extra)
     assert foreign.rows == [3] and torch.allclose(out, 0.9 * full, atol=1e-5)  # all 48 queries for others
     assert torch.equal(sa.blurred_attention(-1.0, rows=5)(foreign)(q, k, v, extra), foreign(q, k, v, extra))
+
+
+@pytest.mark.parametrize("order,cfg", [("style_first", 5.0), ("seg_first", 5.0), ("seg_first", 1.0)])
+def test_composes_with_conduit_balanced_style(tiny_sdxl, order, cfg):
+    """SEG with Conduit's style injection (reference rows in the batch, attn1 replaces on every layer)."""
+    bs = pack_module("patches.balanced_style")
+    rb = pack_module("patches.reference_branch")
+    from tests.host.cb_helpers import hand_table, ref_latent
+
+    def style(model):
+        return bs.apply_balanced_style(model, hand_table(model), rb.NoisedReference(ref_latent(), 3),
+                                       bs.StyleSettings(1.0))
+
+    pos, neg = tiny_sdxl.cond(), tiny_sdxl.cond(seed=1)
+    if order == "style_first":
+        m, rec = seg_between_recorders(style(tiny_sdxl.model), seg.SegSettings(sigma=2.0))
+    else:
+        m, rec = seg_between_recorders(tiny_sdxl.model, seg.SegSettings(sigma=2.0))
+        m = style(m)
+    counter = ForwardCounter(tiny_sdxl.model.model.diffusion_model)
+    try:
+        both = testing.sample(m, pos, neg, steps=2, cfg=cfg)
+    finally:
+        counter.close()
+    assert_hand_computation(rec, 3.0)
+    seg_only, _ = seg_between_recorders(tiny_sdxl.model, seg.SegSettings(sigma=2.0))
+    assert not torch.equal(both, testing.sample(seg_only, pos, neg, steps=2, cfg=cfg))
+    # style rows: [ref, image] per chunk. SEG applied after the style forks inside it (twin chunk = ref + image);
+    # applied before it, SEG's wrapper sees the batch without references and runs the separate pass (at cfg 1
+    # that batch of 1 + 1 reference has the twin's row count: the fork must still not take place)
+    forked = order == "style_first"
+    assert counter.middle_rows[0] == {(True, 5.0): 6, (False, 5.0): 4, (False, 1.0): 2}[(forked, cfg)]
+    off = seg.SegSettings(scale=0.0)
+    m0, rec0 = seg_between_recorders(style(tiny_sdxl.model), off) if forked else seg_between_recorders(
+        tiny_sdxl.model, off)
+    testing.sample(m0 if forked else style(m0), pos, neg, steps=1, cfg=cfg)
+    first, plain = rec.steps[0]["cond_denoised"], rec0.steps[0]["cond_denoised"]
+    assert (first - plain).abs().max() <= 1e-4 * float(plain.abs().max())  # the main pass is the style's own
