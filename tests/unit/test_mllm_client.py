@@ -197,3 +197,15 @@ def test_parse_object_tolerates_fences_and_prose():
     for bad in ("no json here", "[1, 2]", "{broken"):
         with pytest.raises(mc.BadReply):
             mc.parse_object(bad)
+
+
+def test_client_imports_without_comfyui():
+    import subprocess
+    import sys
+
+    from conduit.host import REPO_ROOT
+
+    code = ("import sys; sys.path.insert(0, '.'); from conduit.pack import pack_module; "
+            "pack_module('patches.mllm_client'); "
+            "bad = [k for k in sys.modules if k == 'comfy' or k.startswith('comfy.')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
