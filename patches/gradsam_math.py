@@ -129,6 +129,12 @@ def subject_mask(score: torch.Tensor, kappa: float = 0.5, per_channel: bool = Tr
     return binary_dilation(threshold(gaussian_blur(score, blur_sigma), kappa, per_channel), dilation, connectivity)
 
 
+def flat_items(score: torch.Tensor) -> torch.Tensor:
+    """[B] True where every map of the item is constant (no subject signal at all: nothing to threshold)."""
+    flat = score.flatten(2).float()
+    return (flat.amax(dim=-1) == flat.amin(dim=-1)).all(dim=1)
+
+
 def union(masks: Sequence[torch.Tensor]) -> torch.Tensor:
     """Any subject keeps the element (the reference ORs the per-subject masks)."""
     if not masks:

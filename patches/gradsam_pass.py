@@ -138,6 +138,11 @@ def gradient_pass(base_model, positive, negative, x: torch.Tensor, sigma: torch.
     per = settings.threshold_over == "each subject"
     masks = gm.subject_mask(importance, settings.kappa, per, settings.blur_sigma, settings.dilation)
     mask = masks.any(dim=1, keepdim=True)
+    flat = gm.flat_items(importance)
+    if bool(flat.any()):
+        log.warning("%s: no subject signal in %d of %d images at this step; nothing replaced there", node,
+                    int(flat.sum()), batch)
+        mask[flat.to(mask.device)] = True
     return PassResult(importance, mask, [layer.short for layer in layers])
 
 

@@ -228,3 +228,18 @@ def test_bad_input(tiny, clips, family, caplog):
         out = custom(model, clip, gradsam_sampler(clip, latent(hw=(20, 24))))
     assert out.shape == (1, 4, *LATENT)
     assert any("resized" in r.getMessage() and "24x20" in r.getMessage() for r in caplog.records)
+
+
+def test_no_subject_signal_keeps_everything(tiny_sd15, clips, monkeypatch, caplog):
+    """A flat importance map has nothing to threshold: the step replaces nothing (instead of everything), and
+    since euler has no memory, splitting the run at the steps leaves the result bit-identical to plain euler."""
+    import comfy.samplers
+
+    clip, model = clips["sd15"], tiny_sd15.model
+    monkeypatch.setattr(gm, "token_importance", lambda a, g, mode="abs": torch.zeros(a.shape[0], a.shape[2]))
+    sampler = gradsam_sampler(clip, latent(seed=1))
+    with caplog.at_level(logging.WARNING):
+        ours = custom(model, clip, sampler)
+    assert len(sampler.conduit_gradsam.masks) >= 2 and all(m.mask.all() for m in sampler.conduit_gradsam.masks)
+    assert any("no subject signal" in r.getMessage() for r in caplog.records)
+    assert torch.equal(ours, custom(model, clip, comfy.samplers.sampler_object("euler")))

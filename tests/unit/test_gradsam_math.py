@@ -73,6 +73,13 @@ def test_subject_mask_is_blur_then_threshold_then_dilation():
     assert np.array_equal(ours[0, 0].numpy(), ref)
 
 
+def test_flat_items_flags_maps_without_signal():
+    s = torch.rand(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    s[1] = 0.0
+    s[2, 0] = 5.0
+    assert gm.flat_items(s).tolist() == [False, True, False]
+
+
 def test_importance_modes_and_token_sum():
     a = torch.tensor([[[[0.2, 0.3], [0.5, 0.1]]]])  # [B=1, heads=1, N=2, S=2]
     g = torch.tensor([[[[-1.0, 2.0], [0.5, -4.0]]]])
