@@ -243,3 +243,28 @@ def test_no_subject_signal_keeps_everything(tiny_sd15, clips, monkeypatch, caplo
     assert len(sampler.conduit_gradsam.masks) >= 2 and all(m.mask.all() for m in sampler.conduit_gradsam.masks)
     assert any("no subject signal" in r.getMessage() for r in caplog.records)
     assert torch.equal(ours, custom(model, clip, comfy.samplers.sampler_object("euler")))
+
+
+def test_chains_to_another_packs_attention_replace(tiny_sdxl, clips):
+    """Another pack's attn2 replace on the scored layer still runs (its value is kept) during the pass."""
+    attention = pack_module("patches.attention")
+    gp = pack_module("patches.gradsam_pass")
+    clip = clips["sdxl"]
+    key = gp.choose_layers(tiny_sdxl.model.model, "last", "", "t")[0].key
+    model = tiny_sdxl.model.clone()
+    calls = []
+
+    def other(inner):
+        def fn(q, k, v, extra):
+            calls.append(torch.is_grad_enabled())
+            return inner(q, k, v, extra) * 0.5
+        return fn
+
+    attention.set_replace(model, "attn2", key, other)
+    before = attention.existing_replace(model.model_options, "attn2", key)
+    sampler = gradsam_sampler(clip, latent(seed=1))
+    out = custom(model, clip, sampler)
+    n = len(sampler.conduit_gradsam.masks)
+    assert n >= 2 and calls.count(True) == n  # its function ran inside each gradient pass
+    assert attention.existing_replace(model.model_options, "attn2", key) is before
+    assert not torch.equal(out, custom(tiny_sdxl.model, clip, gradsam_sampler(clip, latent(seed=1))))
