@@ -91,14 +91,14 @@ def run_jobs(jobs: list[Job], clients: list[ComfyClient], out_dir: Path) -> None
             label = f"{job.name}" + (f" seed {job.seed}" if job.seed is not None else "")
             try:
                 result = client.wait(client.submit(job.graph), _progress(f"{label} @ {client.base}"))
+                stem = f"{job.name}" + (f"_s{job.seed}" if job.seed is not None else "")
                 for filename, data in client.images(result):
-                    stem = f"{job.name}" + (f"_s{job.seed}" if job.seed is not None else "")
                     path = out_dir / f"{stem}_{filename}"
                     path.write_bytes(data)
                     job.outputs.append(path)
                 texts = [t for o in result.outputs.values() for t in o.get("text", [])]
                 if texts:
-                    path = out_dir / f"{job.name}_text.txt"
+                    path = out_dir / f"{stem}_text.txt"
                     path.write_text("\n\n".join(str(t) for t in texts))
                     job.outputs.append(path)
             except (ComfyError, OSError, TimeoutError) as exc:
