@@ -65,3 +65,23 @@ def test_toy_model_follows_heldout_captions_better_than_random_weights(toy, net)
     assert trained["shape"] > rand["shape"] + 0.25, (trained, rand)
     assert trained["color"] > rand["color"] + 0.25, (trained, rand)
     assert trained["fd"] < rand["fd"], (trained, rand)
+
+
+def test_seg_scale_zero_is_vanilla_and_scale_three_is_not(toy):
+    from eval.eval_seg import seg_model
+
+    text = world.caption("blue", "striped", "star", "gray")
+    vanilla = toy.sample(text, seed=3, steps=6)
+    assert torch.equal(toy.sample(text, seed=3, steps=6, model=seg_model(toy, 0.0, float("inf"))), vanilla)
+    assert not torch.allclose(toy.sample(text, seed=3, steps=6, model=seg_model(toy, 3.0, float("inf"))), vanilla)
+
+
+def test_balanced_style_moves_colour_toward_the_reference(toy, net):
+    from eval import eval_cb
+
+    table = eval_cb.toy_style_table(toy, steps=8, seeds=2)
+    summary, _, _ = eval_cb.evaluate(toy, net, table, lambdas=(0.0, 1.0), pairs=eval_cb.PAIRS[:4], seeds=1,
+                                     steps=STEPS)
+    off, full = summary
+    assert full["ref_palette_dist"] < off["ref_palette_dist"] - 0.02, summary
+    assert full["color_match"] > off["color_match"], summary
