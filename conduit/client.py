@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,7 +72,12 @@ class ComfyClient:
         from .websocket import follow_prompt
 
         follow_prompt(self.base, self.client_id, prompt_id, self.timeout, on_progress)
-        hist = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+        hist = None
+        for _ in range(100):  # an error can reach the socket a moment before /history has the prompt
+            hist = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            if hist is not None:
+                break
+            time.sleep(0.1)
         if hist is None:
             raise ComfyError(f"prompt {prompt_id} finished but is missing from /history")
         status = hist.get("status", {})
