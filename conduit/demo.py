@@ -34,9 +34,15 @@ def demo_graph(graph: dict, model: str) -> dict:
 
 def needs_missing_files(graph: dict, model: str) -> str | None:
     """The demo model ships no ControlNet; such workflows run in the server tests on a test ControlNet."""
-    if model == "embedded" and workflow.nodes_of(graph, "ControlNetLoader"):
+    if model != "embedded":
+        return None
+    if workflow.nodes_of(graph, "ControlNetLoader"):
         return ("skipped: needs a ControlNet checkpoint, which the demo toy model does not have (run it with "
                 "`python -m conduit run <name> --model keep` on a server that has one)")
+    for nid in workflow.nodes_of(graph, "ConduitBalancedStyle"):
+        if "sensitivity_table" not in graph[nid]["inputs"]:
+            return ("skipped: Conduit ships sensitivity tables for SDXL only, and the demo toy model is SD1.5-shaped; "
+                    "compute its table with the sensitivity_analysis workflow and wire it in (`make eval` does)")
     return None
 
 
