@@ -37,9 +37,9 @@ def captions_for(split: str, limit: int | None = None, seed: int = 0) -> list[tu
 
 def evaluate(toy: Toy, net, captions, seeds: int = 4, base_seed: int = 0, **sample_kw) -> tuple[dict, list[dict], list]:
     rows, images, feats = [], [], []
-    for (c, t, s, b) in captions:
+    for i, (c, t, s, b) in enumerate(captions):
         text = world.caption(c, t, s, b)
-        imgs = toy.generate(text, seed=base_seed, batch=seeds, **sample_kw)
+        imgs = toy.generate(text, seed=base_seed + i, batch=seeds, **sample_kw)
         labels, f = classifier.predict(net, imgs)
         feats.append(f)
         images.extend(imgs)
