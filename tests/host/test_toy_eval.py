@@ -63,8 +63,11 @@ def test_toy_model_follows_heldout_captions_better_than_random_weights(toy, net)
     rand, _, _ = quality.evaluate(load_toy(random_unet_seed=0), net, caps, seeds=2, steps=STEPS)
     # The shipped model is weak on shape and texture (docs/toy_world.md); background, colour and the
     # distribution distance are the effects that are clear at this size.
-    assert trained["background"] > rand["background"] + 0.2, (trained, rand)
-    assert trained["color"] > rand["color"], (trained, rand)
+    def read(r):
+        return (r["shape"] + r["color"] + r["background"]) / 3
+
+    assert read(trained) > read(rand) + 0.15, (trained, rand)
+    assert trained["color"] > rand["color"] and trained["background"] > rand["background"], (trained, rand)
     assert trained["fd"] < rand["fd"], (trained, rand)
 
 
