@@ -119,15 +119,18 @@ class Window:
     entries: list[Entry] = field(default_factory=list)
     ambiguous: bool = False
     consumed: list[torch.Tensor] = field(default_factory=list)
+    consumed_fp: tuple | None = None  # patches of the main pass that was consumed
     calls: int = 0
     served: int = 0
     missed: int = 0
 
     def restart(self, sigma: float) -> None:
-        self.sigma, self.fp, self.entries, self.ambiguous, self.consumed = sigma, None, [], False, []
+        self.sigma, self.fp, self.entries, self.ambiguous = sigma, None, [], False
+        self.consumed, self.consumed_fp = [], None
 
     def close(self) -> None:
         self.consumed += [e.x for e in self.entries]
+        self.consumed_fp = self.fp if self.fp is not None else self.consumed_fp
         self.entries, self.fp, self.ambiguous = [], None, False
 
 
@@ -242,11 +245,15 @@ class PrefixFork:
         if win.sigma != sigma:
             win.restart(sigma)
         fp = fingerprint(opts)
-        if win.fp is not None and fp != win.fp:
-            return None  # another pack's extra pass during this step
         slices = [s for kind, s in chunk_slices(n, cou) if kind == COND]
         if any(_same(call.x[s], seen) for s in slices for seen in win.consumed):
-            return None  # this step's blurred prediction was already used: not the main pass
+            # this step's blurred prediction was already used: another pack's extra pass, unless it carries
+            # the main pass's own patches (the same step run again: a new run on a host without run resets)
+            if win.consumed_fp is None or fp != win.consumed_fp:
+                return None
+            win.restart(sigma)
+        if win.fp is not None and fp != win.fp:
+            return None  # another pack's extra pass during this step
         if not self._fits(call, n + sum(s.stop - s.start for s in slices)):
             return None
         fork_module = self._fork_module(call.model.diffusion_model)
