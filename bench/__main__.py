@@ -43,13 +43,18 @@ def main(argv: list[str] | None = None) -> int:
             mod = importlib.import_module(f"bench.{name}")
             log.info("%s on %s", name, topology)
             rows += mod.cases(ctx)
+            write_rows(Path(args.out), rows)  # after every module, so a long run that is cut short keeps its rows
     out = Path(args.out)
-    out.write_text(json.dumps([r.as_dict() for r in rows], indent=1))
+    write_rows(out, rows)
     table = markdown(rows)
     out.with_suffix(".md").write_text(table + "\n")
     print(table)
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return 0
+
+
+def write_rows(out: Path, rows) -> None:
+    out.write_text(json.dumps([r.as_dict() for r in rows], indent=1))
 
 
 def markdown(rows) -> str:
