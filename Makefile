@@ -38,5 +38,8 @@ demo: setup host
 bench: setup host
 	$(VPY) -m bench
 
+eval: setup host
+	$(VPY) -m eval
+
 clean:
 	rm -rf $(VENV) .cache out
