@@ -214,7 +214,11 @@ def test_fork_twins_match_separate_pass_at_the_same_input(tiny_sd15):
         testing.sample(m, tiny_sd15.cond(batch=3), tiny_sd15.cond(batch=3, seed=1), batch=3, steps=2, cfg=3.0)
         seen[share] = rec.steps[0]
     a, b = seen[True], seen[False]
-    assert torch.equal(a["input"], b["input"]) and torch.equal(a["cond_denoised"], b["cond_denoised"])
+    assert torch.equal(a["input"], b["input"])
+    # The forked pass runs the later blocks on a bigger batch, so BLAS may block the sums differently:
+    # equal up to rounding, not bit for bit, on every CPU.
+    scale = float(b["cond_denoised"].abs().max())
+    assert (a["cond_denoised"] - b["cond_denoised"]).abs().max() <= 2e-5 * scale
     blur_a = a["cond_denoised"] - (a["seg"] - a["denoised"]) / 3.0
     blur_b = b["cond_denoised"] - (b["seg"] - b["denoised"]) / 3.0
     assert (blur_a - blur_b).abs().max() <= 2e-5 * float(blur_b.abs().max())
