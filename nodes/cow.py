@@ -14,6 +14,7 @@ from ..patches import cow_math as cm
 from ..patches.cow_sampler import CowSpec, cow_sampler, invert_condition
 from ..patches.errors import ConduitError
 from ..patches.layers import model_family
+from ._inputs import canvas_size
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,8 @@ class ConduitCOWSeedCanvas:
     def INPUT_TYPES(cls):
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The visual condition (e.g. a face photo). One image."}),
-            "canvas_width": ("INT", {"default": 512, "min": 64, "max": 8192, "step": 8,
-                                     "tooltip": "Output width in pixels, any multiple of 8. Default 512 (official)."}),
-            "canvas_height": ("INT", {"default": 512, "min": 64, "max": 8192, "step": 8,
-                                      "tooltip": "Output height in pixels, any multiple of 8. Default 512."}),
+            **canvas_size("Output width in pixels, any multiple of 8. Default 512 (official).",
+                          "Output height in pixels, any multiple of 8. Default 512."),
             "box_x": ("FLOAT", {"default": 128.0, "min": -16384.0, "max": 16384.0, "step": 1.0,
                                 "tooltip": "Left edge of the condition box (pixels or 0-1, see box_units). "
                                            "Default 128: the official top-centre placement."}),

@@ -116,6 +116,11 @@ def masks_to_image(masks: list[torch.Tensor], latent_hw: tuple[int, int], batch:
     return F.interpolate(stacked, size=size, mode="nearest")[:, 0]
 
 
+def run_masks(run: GradSamRun, samples: torch.Tensor) -> torch.Tensor:
+    """The run's recorded step masks as a ComfyUI MASK for the sampled latent `samples`."""
+    return masks_to_image([m.mask for m in run.masks], tuple(samples.shape[-2:]), samples.shape[0])
+
+
 def make_sampler(clip, prompt, subject, reference, sampler_name, step_percents, reference_seed, node, **mask):
     import comfy.samplers
 
@@ -179,8 +184,7 @@ class ConduitGradSAMMasks:
         if run is None:
             raise ConduitError(MASKS_NODE, "the linked sampler is not a Conduit Grad-SAM Sampler.",
                                "link the SAMPLER output of Conduit Grad-SAM Sampler.")
-        samples = latent["samples"]
-        return (latent, masks_to_image([m.mask for m in run.masks], tuple(samples.shape[-2:]), samples.shape[0]))
+        return (latent, run_masks(run, latent["samples"]))
 
 
 class ConduitGradSAMKSampler:
@@ -236,9 +240,7 @@ class ConduitGradSAMKSampler:
                                      denoise=denoise, model_options=model.model_options)
         out = SamplerCustom().sample(model, True, seed, cfg, positive, negative, sampler, ks.sigmas.cpu(),
                                      latent_image)[0]
-        samples = out["samples"]
-        run = sampler.conduit_gradsam
-        return (out, masks_to_image([m.mask for m in run.masks], tuple(samples.shape[-2:]), samples.shape[0]))
+        return (out, run_masks(sampler.conduit_gradsam, out["samples"]))
 
 
 class ConduitGradSAMMask:

@@ -10,6 +10,7 @@ import torch
 
 from ..patches import mllm_client as mc
 from ..patches.errors import ConduitError
+from ._inputs import canvas_size
 
 NODE = "Conduit MLLM Plan"
 MAX_SIDE_PX = 768  # the condition is sent downscaled; planning needs layout, not detail
@@ -65,11 +66,8 @@ class ConduitMLLMPlan:
                                        "tooltip": "NAME of the environment variable holding the API key (e.g. "
                                                   "OPENAI_API_KEY). The key itself is never stored in the workflow "
                                                   "or image. Empty: no key (local servers)."}),
-            "canvas_width": ("INT", {"default": 512, "min": 64, "max": 8192, "step": 8,
-                                     "tooltip": "Canvas width the boxes refer to; match COW Seed Canvas. "
-                                                "Default 512."}),
-            "canvas_height": ("INT", {"default": 512, "min": 64, "max": 8192, "step": 8,
-                                      "tooltip": "Canvas height. Default 512."}),
+            **canvas_size("Canvas width the boxes refer to; match COW Seed Canvas. Default 512.",
+                          "Canvas height. Default 512."),
             "box_order": (list(mc.ORDERS), {"default": "auto",
                                             "tooltip": "How the model writes boxes: auto (reply fields, then "
                                                        "box_2d = Gemini yxyx, else xyxy as asked), xyxy, yxyx, "

@@ -17,14 +17,18 @@ LAMBDA_TIP = (f"lambda_S from {PAPER}: the fraction of layers counted as style l
               "(0.43 -> the 30 most sensitive of SDXL's 70); values above 1 are a layer count. Default 0.43.")
 
 
-class ConduitSensitivityAnalysis:
+class _TableNode:
+    """What the analysis and loader nodes share: they both hand out a table and its summary text."""
+    CATEGORY = "conduit/tables"
+    RETURN_TYPES = (SOCKET, "STRING")
+    RETURN_NAMES = ("table", "summary")
+
+
+class ConduitSensitivityAnalysis(_TableNode):
     DESCRIPTION = (f"Grades every self-attention layer of an SD1.x/SD2.x/SDXL model at every timestep, as in {PAPER}: "
                    "it samples each group of prompts (and/or images) while hooks record the token mean and std of "
                    "q, k and v, then scores each layer by the mean within-group / mean between-group Jensen-Shannon "
                    "distance (lower = more sensitive). Writes a table file the style injection nodes accept.")
-    CATEGORY = "conduit/tables"
-    RETURN_TYPES = (SOCKET, "STRING")
-    RETURN_NAMES = ("table", "summary")
     OUTPUT_TOOLTIPS = ("The sensitivity table, to wire into injection or heatmap nodes.",
                        "Where the table was saved, the layers most often selected and the timestep ranking.")
     FUNCTION = "analyse"
@@ -130,12 +134,9 @@ class ConduitSensitivityAnalysis:
         return {"ui": ui, "result": (table, text)}
 
 
-class ConduitLoadSensitivityTable:
+class ConduitLoadSensitivityTable(_TableNode):
     DESCRIPTION = ("Loads a sensitivity table: one shipped with Conduit (the published Conditional Balance tables) "
                    "or a JSON file written by the Sensitivity Analysis node. The file is validated.")
-    CATEGORY = "conduit/tables"
-    RETURN_TYPES = (SOCKET, "STRING")
-    RETURN_NAMES = ("table", "summary")
     OUTPUT_TOOLTIPS = ("The table, for injection or heatmap nodes.",
                        "Family, size, the layers most often selected and the timestep ranking.")
     FUNCTION = "load"

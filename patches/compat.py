@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,6 +51,25 @@ def model_sampling(model_patcher) -> Any:
     if hasattr(model_patcher, "get_model_object"):
         return model_patcher.get_model_object("model_sampling")
     return model_patcher.model.model_sampling
+
+
+@dataclass
+class GuiderParts:
+    base: Any  # comfy BaseModel
+    positive: list | None
+    negative: list | None
+    cfg: float | None
+
+
+def guider_parts(model, extra_args: dict) -> GuiderParts:
+    """Processed conds and CFG of the running sampler, for a sampler function's `model` (the KSamplerX0Inpaint
+    wrapper): the 2024 host passes them in extra_args, newer hosts keep them on the guider it wraps."""
+    wrap = model.inner_model
+    base = wrap.inner_model
+    if "cond" in extra_args:
+        return GuiderParts(base, extra_args.get("cond"), extra_args.get("uncond"), extra_args.get("cond_scale"))
+    conds = getattr(wrap, "conds", None) or {}
+    return GuiderParts(base, conds.get("positive"), conds.get("negative"), getattr(wrap, "cfg", None))
 
 
 def diffusion_model(model_patcher) -> torch.nn.Module:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import cow_math as cm
-from .compat import calc_cond_batch, options_with_transformer_keys
+from .compat import calc_cond_batch, guider_parts, options_with_transformer_keys
 from .errors import ConduitError
 
 log = logging.getLogger(__name__)
@@ -144,24 +144,6 @@ def invert_condition(model, positive, negative, sigmas: list[float], samples: to
 
 
 # ------------------------------------------------------------------------------------- guidance helpers
-
-@dataclass
-class GuiderParts:
-    base: Any  # comfy BaseModel
-    positive: list | None
-    negative: list | None
-    cfg: float | None
-
-
-def guider_parts(model, extra_args: dict) -> GuiderParts:
-    """Processed conds and CFG of the running sampler on either host (2024: in extra_args; now: the guider)."""
-    wrap = model.inner_model
-    base = wrap.inner_model
-    if "cond" in extra_args:
-        return GuiderParts(base, extra_args.get("cond"), extra_args.get("uncond"), extra_args.get("cond_scale"))
-    conds = getattr(wrap, "conds", {}) or {}
-    return GuiderParts(base, conds.get("positive"), conds.get("negative"), getattr(wrap, "cfg", None))
-
 
 def denoise_with_cfg(model, extra_args: dict, cfg: float, phase: str) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """The sampler's own guided call with a different CFG scale (the inversion's)."""

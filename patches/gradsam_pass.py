@@ -22,7 +22,7 @@ from .grid import token_grid
 from .gradsam_attention import PassHooks, pass_options
 from .gradsam_tail import autograd_ready, tail_modules
 from .layers import AttentionLayer, attention_layers
-from .seg_layers import parse_tokens
+from .seg_layers import custom_list, named_layers
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,9 @@ def choose_layers(base_model, mode: str, custom: str, node: str) -> list[Attenti
     cross = [layer for layer in attention_layers(as_patcher(base_model), node) if layer.has_cross]
     if not cross:
         raise ConduitError(node, "this model has no cross-attention layers.", "use an SD1.x, SD2.x or SDXL model.")
-    custom = (custom or "").strip()
-    if mode == "custom":
-        return _custom(cross, custom, node)
-    if custom:
-        raise ConduitError(node, f"custom_layers is set ('{custom}') but layers is '{mode}'.",
-                           "set layers to 'custom' to use the list, or clear custom_layers.")
+    text = custom_list(mode, custom, node)
+    if text is not None:
+        return named_layers(cross, text, node, "cross-attention", "pick from")
     if mode == "all":
         return cross
     if mode != "last":
@@ -75,18 +72,6 @@ def choose_layers(base_model, mode: str, custom: str, node: str) -> list[Attenti
     ups = [layer for layer in cross if layer.block == "output"] or cross
     finest = min(layer.downsample for layer in ups)
     return [[layer for layer in ups if layer.downsample == finest][-1]]
-
-
-def _custom(cross: list[AttentionLayer], text: str, node: str) -> list[AttentionLayer]:
-    chosen: set[tuple] = set()
-    for token, block, ids, depths in parse_tokens(text, node):
-        hits = [layer.key for layer in cross
-                if layer.block == block and layer.block_id in ids and (depths is None or layer.index in depths)]
-        if not hits:
-            raise ConduitError(node, f"layer token '{token}' names no cross-attention layer of this model.",
-                               f"pick from: {', '.join(layer.short for layer in cross)}.")
-        chosen.update(hits)
-    return [layer for layer in cross if layer.key in chosen]
 
 
 def _objective(hooks: PassHooks, target: torch.Tensor) -> torch.Tensor | None:

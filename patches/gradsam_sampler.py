@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import gradsam_math as gm
+from .compat import guider_parts
 from .errors import ConduitError
 from .gradsam_pass import MaskSettings, PassResult, gradient_pass
 
@@ -29,13 +30,9 @@ class StepMask:
 
 
 def sampler_conds(model, extra_args: dict) -> tuple:
-    """(BaseModel, positive, negative) of the running sampler: the 2024 host passes the processed conds in
-    extra_args, newer hosts keep them on the guider that KSamplerX0Inpaint wraps."""
-    wrap = model.inner_model
-    if "cond" in extra_args:
-        return wrap.inner_model, extra_args.get("cond"), extra_args.get("uncond")
-    conds = getattr(wrap, "conds", None) or {}
-    return wrap.inner_model, conds.get("positive"), conds.get("negative")
+    """(BaseModel, positive, negative) of the running sampler on either host."""
+    parts = guider_parts(model, extra_args)
+    return parts.base, parts.positive, parts.negative
 
 
 def fixed_noise(shape: tuple[int, ...], seed: int, like: torch.Tensor) -> torch.Tensor:

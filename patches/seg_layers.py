@@ -51,28 +51,41 @@ def parse_tokens(text: str, node: str) -> list[tuple[str, str, range, range | No
     return out
 
 
-def custom_layers(layers: Sequence[AttentionLayer], text: str, node: str) -> list[AttentionLayer]:
-    """Layers named by the list, in forward order; a token that names no layer of this model is an error."""
+def named_layers(layers: Sequence[AttentionLayer], text: str, node: str, kind: str, pick: str) -> list[AttentionLayer]:
+    """Layers named by the list, in forward order; a token that names none of `layers` (the model's `kind`
+    layers) is an error whose fix starts with `pick` and lists them."""
     chosen: set[tuple] = set()
-    available = ", ".join(layer.short for layer in layers)
     for token, block, ids, depths in parse_tokens(text, node):
-        hits = [layer for layer in layers
+        hits = [layer.key for layer in layers
                 if layer.block == block and layer.block_id in ids and (depths is None or layer.index in depths)]
         if not hits:
-            raise ConduitError(node, f"layer token '{token}' names no self-attention layer of this model.",
-                               f"pick from the model's layers: {available}.")
-        chosen.update(layer.key for layer in hits)
+            raise ConduitError(node, f"layer token '{token}' names no {kind} layer of this model.",
+                               f"{pick}: {', '.join(layer.short for layer in layers)}.")
+        chosen.update(hits)
     return [layer for layer in layers if layer.key in chosen]
+
+
+def custom_layers(layers: Sequence[AttentionLayer], text: str, node: str) -> list[AttentionLayer]:
+    return named_layers(layers, text, node, "self-attention", "pick from the model's layers")
+
+
+def custom_list(choice: str, custom: str, node: str) -> str | None:
+    """The stripped custom layer list when the layers input is 'custom', else None (a preset). A list typed
+    beside a preset is an error rather than silently ignored."""
+    custom = (custom or "").strip()
+    if choice == "custom":
+        return custom
+    if custom:
+        raise ConduitError(node, f"custom_layers is set ('{custom}') but layers is '{choice}'.",
+                           "set layers to 'custom' to use the list, or clear custom_layers.")
+    return None
 
 
 def select_layers(layers: Sequence[AttentionLayer], preset: str, custom: str, node: str) -> list[AttentionLayer]:
     """The node's layer choice: preset unless preset == 'custom', then the custom list."""
-    custom = (custom or "").strip()
-    if preset == "custom":
-        return custom_layers(layers, custom, node)
-    if custom:
-        raise ConduitError(node, f"custom_layers is set ('{custom}') but layers is '{preset}'.",
-                           "set layers to 'custom' to use the list, or clear custom_layers.")
+    text = custom_list(preset, custom, node)
+    if text is not None:
+        return custom_layers(layers, text, node)
     chosen = preset_layers(layers, preset)
     if not chosen:
         raise ConduitError(node, f"this model has no self-attention layers in the '{preset}' preset.",

@@ -1,9 +1,12 @@
-"""Shared test setup: the repo root on sys.path, markers per tier, and the host report line."""
+"""Shared test setup: the repo root on sys.path, markers per tier, the host report line, and the stub MLLM
+server fixture that the unit, host and server tiers all use."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -19,8 +22,6 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    import pytest
-
     for item in items:
         tier = Path(str(item.fspath)).parent.name
         if tier in ("unit", "host", "server"):
@@ -34,3 +35,18 @@ def pytest_report_header(config):
         return f"conduit test host: {find_host(allow_fetch=False).describe()}"
     except HostNotFound:
         return "conduit test host: not prepared yet (host tests fetch it)"
+
+
+@pytest.fixture
+def mllm_stub():
+    """A started tests/mllm_stub.py server; the pack's MLLM reply cache is cleared around it, so a test never
+    reads another test's answers (server-tier runs keep their cache in the ComfyUI process, not here)."""
+    from conduit.pack import pack_module
+    from tests.mllm_stub import StubMLLM
+
+    mc = pack_module("patches.mllm_client")
+    mc.clear_cache()
+    stub = StubMLLM().start()
+    yield stub
+    stub.stop()
+    mc.clear_cache()

@@ -2,7 +2,8 @@
 
 Tests queue behaviours per stage: ("good", obj) answers with obj as the message JSON, ("text", s) answers
 with s as the message, ("slow", seconds), ("status", code, body), ("garbled", raw) sends a non-JSON body.
-Every request is recorded (path, headers, body). Load it with load_stub() (tests use importlib mode).
+Every request is recorded (path, headers, body). Tests get a started one from the mllm_stub fixture
+(tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -94,8 +95,3 @@ class StubMLLM:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-
-
-def load_stub():
-    """This module, importable from tests in importlib mode."""
-    return StubMLLM

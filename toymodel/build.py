@@ -45,36 +45,35 @@ SD15_UNET = {
 # SD2.x-shaped: linear projections in the transformers, v-prediction like SD2.1-768.
 SD2_UNET = {**SD15_UNET, "use_linear_in_transformer": True}
 
+
+def sdxl_unet(channels: int, channel_mult: list[int], res_blocks: int, depth: int, depth_low: int, context_dim: int,
+              adm_in_channels: int, **extra: Any) -> dict:
+    """An SDXL-shaped UNet config: SDXL's transformer depth lists with its depths 2 and 10 replaced by `depth`
+    and `depth_low`. ComfyUI takes one entry per block (inputs from the front, outputs from the back), so with
+    one res block per level the entries land on other levels than in SDXL."""
+    return {
+        **_COMMON_UNET,
+        "model_channels": channels,
+        "channel_mult": channel_mult,
+        "num_res_blocks": [res_blocks] * 3,
+        "transformer_depth": [0, 0, depth, depth, depth_low, depth_low],
+        "transformer_depth_middle": depth_low,
+        "transformer_depth_output": [0, 0, 0] + [depth] * 3 + [depth_low] * 3,
+        "context_dim": context_dim,
+        "adm_in_channels": adm_in_channels,
+        "use_linear_in_transformer": True,
+        "num_classes": "sequential",
+        **extra,
+    }
+
+
 # The recipe from the project's test-host notes: attention at input 5, middle 0, output 0..5.
-SDXL_UNET = {
-    **_COMMON_UNET,
-    "model_channels": 32,
-    "channel_mult": [1, 2, 2],
-    "num_res_blocks": [1, 1, 1],
-    "transformer_depth": [0, 0, 1, 1, 1, 1],
-    "transformer_depth_middle": 1,
-    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
-    "context_dim": 64,
-    "adm_in_channels": 32 + 6 * 256,
-    "use_linear_in_transformer": True,
-    "num_classes": "sequential",
-}
+SDXL_UNET = sdxl_unet(channels=32, channel_mult=[1, 2, 2], res_blocks=1, depth=1, depth_low=1, context_dim=64,
+                      adm_in_channels=32 + 6 * 256)
 
 # Full-size SDXL topology (random weights) for timing only.
-SDXL_FULL_UNET = {
-    **_COMMON_UNET,
-    "image_size": 128,
-    "model_channels": 320,
-    "channel_mult": [1, 2, 4],
-    "num_res_blocks": [2, 2, 2],
-    "transformer_depth": [0, 0, 2, 2, 10, 10],
-    "transformer_depth_middle": 10,
-    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "context_dim": 2048,
-    "adm_in_channels": 2816,
-    "use_linear_in_transformer": True,
-    "num_classes": "sequential",
-}
+SDXL_FULL_UNET = sdxl_unet(channels=320, channel_mult=[1, 2, 4], res_blocks=2, depth=2, depth_low=10,
+                           context_dim=2048, adm_in_channels=2816, image_size=128)
 
 FAMILIES = {"sd15": SD15_UNET, "sd2": SD2_UNET, "sdxl": SDXL_UNET, "sdxl_full": SDXL_FULL_UNET}
 HEAD_CHANNELS = {"sd15": 16, "sd2": 16, "sdxl": 16, "sdxl_full": 64}

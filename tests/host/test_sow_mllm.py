@@ -1,9 +1,7 @@
 """Conduit MLLM Plan node (loaded as ComfyUI loads the pack): stub server, manual mode, key handling."""
 import base64
-import importlib.util
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,25 +10,10 @@ from PIL import Image
 from conduit.pack import pack_module
 
 node_mod = pack_module("nodes.sow_mllm")
-mc = pack_module("patches.mllm_client")
 errors = pack_module("patches.errors")
-
-_spec = importlib.util.spec_from_file_location("conduit_tests_mllm_stub_host",
-                                               Path(__file__).resolve().parent.parent / "mllm_stub.py")
-stub_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(stub_mod)
 
 KEY = "sk-host-test-SECRET-42"
 MANUAL = {"x": 0.25, "y": 0.0, "w": 0.5, "h": 0.5}
-
-
-@pytest.fixture
-def stub():
-    mc.clear_cache()
-    s = stub_mod.StubMLLM().start()
-    yield s
-    s.stop()
-    mc.clear_cache()
 
 
 def run(**kw):
@@ -42,17 +25,17 @@ def run(**kw):
     return node_mod.ConduitMLLMPlan().plan(**args)
 
 
-def test_node_with_stub_server(stub, monkeypatch):
+def test_node_with_stub_server(mllm_stub, monkeypatch):
     monkeypatch.setenv("CONDUIT_HOST_TEST_KEY", KEY)
-    out = run(url=stub.url + "/v1", api_key_env="CONDUIT_HOST_TEST_KEY")
+    out = run(url=mllm_stub.url + "/v1", api_key_env="CONDUIT_HOST_TEST_KEY")
     prompt, cond, related, report = out["result"]
     assert prompt.startswith("a photo of a smiling woman")
     # keep_aspect: 40x60 image -> box aspect w/h = 2/3 in pixels; size limited to 0.35..0.5 of 512
     w_px, h_px = cond["w"] * 512, cond["h"] * 512
     assert w_px / h_px == pytest.approx(40 / 60, rel=1e-6) and 0.35 * 512 - 1e-6 <= h_px <= 0.5 * 512 + 1e-6
     assert related == pytest.approx({"x": 0.2, "y": 0.3, "w": 0.6, "h": 0.7})
-    assert stub.requests[0]["path"] == "/v1/chat/completions"
-    img_url = stub.requests[0]["body"]["messages"][-1]["content"][1]["image_url"]["url"]
+    assert mllm_stub.requests[0]["path"] == "/v1/chat/completions"
+    img_url = mllm_stub.requests[0]["body"]["messages"][-1]["content"][1]["image_url"]["url"]
     png = Image.open(io.BytesIO(base64.b64decode(img_url.split(",", 1)[1])))
     assert png.size == (40, 60)
     assert KEY not in json.dumps(out, default=str)

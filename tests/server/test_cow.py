@@ -1,10 +1,8 @@
 """COW and SOW workflows over HTTP on a real ComfyUI: seeded canvas -> inversion -> cyclic sampler; and the
 MLLM-planned SOW graph against a local stub MLLM server, with the API key kept out of everything saved."""
-import importlib.util
 import io
 import json
 import os
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -12,22 +10,10 @@ from PIL import Image
 from conduit import workflow
 from conduit.client import ComfyError
 
-_spec = importlib.util.spec_from_file_location("conduit_tests_mllm_stub_server",
-                                               Path(__file__).resolve().parent.parent / "mllm_stub.py")
-stub_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(stub_mod)
-
 KEY_ENV = "CONDUIT_TEST_MLLM_KEY"
 KEY = "sk-conduit-test-KEY-7f3a9"
 # Set at collection time, before the session's ComfyUI starts, so the server process inherits it.
 os.environ.setdefault(KEY_ENV, KEY)
-
-
-@pytest.fixture
-def stub():
-    s = stub_mod.StubMLLM().start()
-    yield s
-    s.stop()
 
 
 def small_cow(graph, seed_node, canvas=(128, 96), box=(32.0, 0.0, 64.0, 64.0)):
@@ -60,14 +46,14 @@ def sow_graph(stub_url, api_key_env=KEY_ENV):
     return graph, plan
 
 
-def test_sow_mllm_workflow_with_stub_server_keeps_key_out(comfy_server, stub):
-    graph, plan = sow_graph(stub.url)
+def test_sow_mllm_workflow_with_stub_server_keeps_key_out(comfy_server, mllm_stub):
+    graph, plan = sow_graph(mllm_stub.url)
     workflow.set_input(graph, plan, "prompt", "a blue ball on a table, run A")
     client = comfy_server.client()
     result = client.run(graph)
     assert len(result.images) == 1 and Image.open(io.BytesIO(result.images[0])).size == (128, 96)
-    assert [r["stage"] for r in stub.requests] == ["prompt", "condition_box", "related_box"]
-    assert all(r["headers"]["Authorization"] == f"Bearer {KEY}" for r in stub.requests)
+    assert [r["stage"] for r in mllm_stub.requests] == ["prompt", "condition_box", "related_box"]
+    assert all(r["headers"]["Authorization"] == f"Bearer {KEY}" for r in mllm_stub.requests)
     # the stub's prompt went into CLIPTextEncode; the report says every stage came from the model
     hist = client.get_json(f"/history/{result.prompt_id}")[result.prompt_id]
     report = json.loads(hist["outputs"][plan]["text"][0])
@@ -79,10 +65,10 @@ def test_sow_mllm_workflow_with_stub_server_keeps_key_out(comfy_server, stub):
     assert "ConduitMLLMPlan" in meta and KEY_ENV in meta and KEY not in meta
 
 
-def test_sow_mllm_falls_back_to_manual_boxes_or_fails_cleanly(comfy_server, stub):
-    graph, plan = sow_graph(stub.url)
+def test_sow_mllm_falls_back_to_manual_boxes_or_fails_cleanly(comfy_server, mllm_stub):
+    graph, plan = sow_graph(mllm_stub.url)
     workflow.set_input(graph, plan, "prompt", "a blue ball on a table, run B")
-    stub.script("condition_box", ("status", 500, "model crashed"))
+    mllm_stub.script("condition_box", ("status", 500, "model crashed"))
     client = comfy_server.client()
     result = client.run(graph)
     report = json.loads(client.get_json(f"/history/{result.prompt_id}")[result.prompt_id]["outputs"][plan]["text"][0])
@@ -90,6 +76,6 @@ def test_sow_mllm_falls_back_to_manual_boxes_or_fails_cleanly(comfy_server, stub
     assert len(result.images) == 1
     workflow.set_input(graph, plan, "prompt", "a blue ball on a table, run C")
     workflow.set_input(graph, plan, "on_failure", "error")
-    stub.script("prompt", ("garbled", "<html>bad gateway</html>"))
+    mllm_stub.script("prompt", ("garbled", "<html>bad gateway</html>"))
     with pytest.raises(ComfyError, match=r"stage 1 \(prompt intensification\).*not JSON"):
         client.run(graph)

@@ -1,11 +1,9 @@
 """The Abs-Grad-SAM workflow on a real ComfyUI server: the image and one mask per manipulated step are saved."""
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from conduit import workflow
+from tests.server.saved_images import saved_rgb
 
 
 def small(graph, steps=6, **sampler_inputs):
@@ -18,8 +16,8 @@ def small(graph, steps=6, **sampler_inputs):
 
 def saved(client, result) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {}
-    for name, data in client.images(result):
-        out.setdefault(name.split("_")[0], []).append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    for name, img in saved_rgb(client, result):
+        out.setdefault(name.split("_")[0], []).append(img)
     return out
 
 

@@ -1,11 +1,9 @@
 """The SEG workflow on a real ComfyUI server: SEG and vanilla images come back and differ."""
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from conduit import workflow
+from tests.server.saved_images import saved_rgb
 
 
 def small(graph, **seg_inputs):
@@ -17,11 +15,7 @@ def small(graph, **seg_inputs):
 
 
 def images_by_prefix(client, result) -> dict[str, np.ndarray]:
-    out = {}
-    for name, data in client.images(result):
-        prefix = name.rsplit("_", 2)[0]
-        out[prefix] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
-    return out
+    return {name.rsplit("_", 2)[0]: img.astype(np.int16) for name, img in saved_rgb(client, result)}
 
 
 def test_seg_workflow_runs_and_changes_the_image(comfy_server):

@@ -1,10 +1,8 @@
 """MLLM client against a real HTTP server on 127.0.0.1: good, malformed, slow, 500, garbled; retries,
 timeouts, errors, caching, box conventions, and the API key staying out of every output."""
-import importlib.util
 import json
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
@@ -13,22 +11,8 @@ from conduit.pack import pack_module
 mc = pack_module("patches.mllm_client")
 errors = pack_module("patches.errors")
 
-_spec = importlib.util.spec_from_file_location("conduit_tests_mllm_stub",
-                                               Path(__file__).resolve().parent.parent / "mllm_stub.py")
-stub_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(stub_mod)
-
 NODE = "Test MLLM"
 KEY = "sk-test-0123456789-SECRET"
-
-
-@pytest.fixture
-def stub():
-    mc.clear_cache()
-    s = stub_mod.StubMLLM().start()
-    yield s
-    s.stop()
-    mc.clear_cache()
 
 
 def request(**kw):
@@ -38,21 +22,21 @@ def request(**kw):
     return mc.PlanRequest(**base)
 
 
-def endpoint(stub, api="ollama", **kw):
-    return mc.Endpoint(api, stub.url, "test-vlm", kw.pop("timeout", 5.0), **kw)
+def endpoint(mllm_stub, api="ollama", **kw):
+    return mc.Endpoint(api, mllm_stub.url, "test-vlm", kw.pop("timeout", 5.0), **kw)
 
 
 @pytest.mark.parametrize("api", ["ollama", "openai-compatible"])
-def test_three_stages_good_replies_and_payloads(stub, api, monkeypatch):
+def test_three_stages_good_replies_and_payloads(mllm_stub, api, monkeypatch):
     monkeypatch.setenv("CONDUIT_TEST_KEY", KEY)
-    out = mc.plan(endpoint(stub, api, api_key_env="CONDUIT_TEST_KEY"), request(), NODE)
+    out = mc.plan(endpoint(mllm_stub, api, api_key_env="CONDUIT_TEST_KEY"), request(), NODE)
     assert out["prompt"].value.startswith("a photo of a smiling woman")
     # Gemini box_2d [ymin, xmin, ymax, xmax] on 0-1000 -> x 0.3..0.7, y 0..0.4
     assert out["condition_box"].value == pytest.approx({"x": 0.3, "y": 0.0, "w": 0.4, "h": 0.4})
     assert out["related_box"].value == pytest.approx({"x": 0.2, "y": 0.3, "w": 0.6, "h": 0.7})
     assert [o.source for o in out.values()] == ["model"] * 3
-    assert [r["stage"] for r in stub.requests] == ["prompt", "condition_box", "related_box"]
-    for r in stub.requests:
+    assert [r["stage"] for r in mllm_stub.requests] == ["prompt", "condition_box", "related_box"]
+    for r in mllm_stub.requests:
         assert r["headers"]["Authorization"] == f"Bearer {KEY}"
         body = r["body"]
         if api == "ollama":
@@ -63,50 +47,50 @@ def test_three_stages_good_replies_and_payloads(stub, api, monkeypatch):
             parts = body["messages"][-1]["content"]
             assert parts[1]["image_url"]["url"] == "data:image/png;base64,iVBORw0KGgo="
     # stage 2 saw stage 1's prompt; stage 3 saw stage 2's box on the 0-1000 grid
-    assert "short brown hair" in json.dumps(stub.requests[1]["body"]["messages"])
-    assert "[300, 0, 700, 400]" in json.dumps(stub.requests[2]["body"]["messages"])
+    assert "short brown hair" in json.dumps(mllm_stub.requests[1]["body"]["messages"])
+    assert "[300, 0, 700, 400]" in json.dumps(mllm_stub.requests[2]["body"]["messages"])
     assert KEY not in json.dumps({k: [e.value, e.source, e.notes] for k, e in out.items()})
 
 
-def test_malformed_reply_is_retried_once(stub):
-    stub.script("condition_box", ("text", "Sure! The face goes top centre."))
-    out = mc.plan(endpoint(stub), request(), NODE)
+def test_malformed_reply_is_retried_once(mllm_stub):
+    mllm_stub.script("condition_box", ("text", "Sure! The face goes top centre."))
+    out = mc.plan(endpoint(mllm_stub), request(), NODE)
     assert out["condition_box"].source == "model (retried)"
-    tries = [r for r in stub.requests if r["stage"] == "condition_box"]
+    tries = [r for r in mllm_stub.requests if r["stage"] == "condition_box"]
     assert len(tries) == 2
     followup = tries[1]["body"]["messages"]
     assert followup[-2]["content"] == "Sure! The face goes top centre."
     assert "not usable" in followup[-1]["content"]
 
 
-def test_malformed_twice_names_stage_and_reply(stub):
-    stub.script("related_box", ("text", "{\"box\": [1, 2]}"), ("good", {"box": [900, 100, 100, 900]}))
+def test_malformed_twice_names_stage_and_reply(mllm_stub):
+    mllm_stub.script("related_box", ("text", "{\"box\": [1, 2]}"), ("good", {"box": [900, 100, 100, 900]}))
     with pytest.raises(errors.ConduitError) as exc:
-        mc.plan(endpoint(stub), request(), NODE)
+        mc.plan(endpoint(mllm_stub), request(), NODE)
     msg = str(exc.value)
     assert "[Test MLLM] stage 3 (condition-related box)" in msg and "after one retry" in msg
     assert "no area" in msg and "[900.0, 100.0, 100.0, 900.0]" in msg
-    assert len([r for r in stub.requests if r["stage"] == "related_box"]) == 2
+    assert len([r for r in mllm_stub.requests if r["stage"] == "related_box"]) == 2
 
 
-def test_slow_server_times_out_with_clear_error(stub):
-    stub.script("prompt", ("slow", 3.0))
+def test_slow_server_times_out_with_clear_error(mllm_stub):
+    mllm_stub.script("prompt", ("slow", 3.0))
     t0 = time.perf_counter()
     with pytest.raises(errors.ConduitError, match=r"stage 1 \(prompt intensification\): no reply from .* within 0.5 s"):
-        mc.plan(endpoint(stub, timeout=0.5), request(), NODE)
+        mc.plan(endpoint(mllm_stub, timeout=0.5), request(), NODE)
     assert time.perf_counter() - t0 < 2.5
 
 
-def test_http_500_and_garbled_body(stub, monkeypatch):
+def test_http_500_and_garbled_body(mllm_stub, monkeypatch):
     monkeypatch.setenv("CONDUIT_TEST_KEY", KEY)
-    stub.script("prompt", ("status", 500, f"internal error while handling Bearer {KEY}"))
+    mllm_stub.script("prompt", ("status", 500, f"internal error while handling Bearer {KEY}"))
     with pytest.raises(errors.ConduitError) as exc:
-        mc.plan(endpoint(stub, api_key_env="CONDUIT_TEST_KEY"), request(), NODE)
+        mc.plan(endpoint(mllm_stub, api_key_env="CONDUIT_TEST_KEY"), request(), NODE)
     assert "stage 1" in str(exc.value) and "HTTP 500" in str(exc.value) and "internal error" in str(exc.value)
     assert KEY not in str(exc.value) and "***" in str(exc.value)
-    stub.script("prompt", ("garbled", "<html>gateway</html>"))
+    mllm_stub.script("prompt", ("garbled", "<html>gateway</html>"))
     with pytest.raises(errors.ConduitError, match=r"stage 1.*not JSON.*gateway"):
-        mc.plan(endpoint(stub), request(), NODE)
+        mc.plan(endpoint(mllm_stub), request(), NODE)
 
 
 def test_unreachable_server():
@@ -118,39 +102,39 @@ def test_unreachable_server():
         mc.plan(ep, request(), NODE)
 
 
-def test_missing_key_variable_is_an_error(stub, monkeypatch):
+def test_missing_key_variable_is_an_error(mllm_stub, monkeypatch):
     monkeypatch.delenv("CONDUIT_NO_SUCH_KEY", raising=False)
     with pytest.raises(errors.ConduitError, match="CONDUIT_NO_SUCH_KEY"):
-        mc.plan(endpoint(stub, api_key_env="CONDUIT_NO_SUCH_KEY"), request(), NODE)
-    assert stub.requests == []
+        mc.plan(endpoint(mllm_stub, api_key_env="CONDUIT_NO_SUCH_KEY"), request(), NODE)
+    assert mllm_stub.requests == []
 
 
-def test_results_are_cached_by_input(stub):
-    ep = endpoint(stub)
+def test_results_are_cached_by_input(mllm_stub):
+    ep = endpoint(mllm_stub)
     mc.plan(ep, request(), NODE)
-    assert len(stub.requests) == 3
+    assert len(mllm_stub.requests) == 3
     again = mc.plan(ep, request(), NODE)
-    assert len(stub.requests) == 3 and {e.source for e in again.values()} == {"cache"}
+    assert len(mllm_stub.requests) == 3 and {e.source for e in again.values()} == {"cache"}
     mc.plan(ep, request(user_prompt="an old man on a beach"), NODE)  # stage 1 input changed; its (stubbed)
-    assert len(stub.requests) == 4  # answer is the same, so stages 2 and 3 see unchanged inputs
+    assert len(mllm_stub.requests) == 4  # answer is the same, so stages 2 and 3 see unchanged inputs
     mc.plan(ep, request(image_b64="AAAA"), NODE)
-    assert len(stub.requests) == 7
-    stub.script("prompt", ("status", 500, "down"))
+    assert len(mllm_stub.requests) == 7
+    mllm_stub.script("prompt", ("status", 500, "down"))
     with pytest.raises(errors.ConduitError):  # failures are not cached
         mc.plan(ep, request(user_prompt="x"), NODE)
     mc.plan(ep, request(user_prompt="x"), NODE)
 
 
-def test_fallback_to_manual_values(stub):
+def test_fallback_to_manual_values(mllm_stub):
     manual = {"x": 0.25, "y": 0.0, "w": 0.5, "h": 0.5}
-    stub.script("condition_box", ("status", 503, "overloaded"))
-    out = mc.plan(endpoint(stub), request(manual_condition=manual), NODE)
+    mllm_stub.script("condition_box", ("status", 503, "overloaded"))
+    out = mc.plan(endpoint(mllm_stub), request(manual_condition=manual), NODE)
     assert out["condition_box"].value == manual and out["condition_box"].source == "manual"
     assert "HTTP 503" in out["condition_box"].notes[0]
     assert out["related_box"].source == "model"
-    stub.script("condition_box", ("status", 503, "overloaded"))
+    mllm_stub.script("condition_box", ("status", 503, "overloaded"))
     with pytest.raises(errors.ConduitError, match="HTTP 503"):
-        mc.plan(endpoint(stub), request(manual_condition=manual, fallback=False), NODE)
+        mc.plan(endpoint(mllm_stub), request(manual_condition=manual, fallback=False), NODE)
     offline = mc.plan(None, request(manual_condition=manual, manual_related=manual, manual_prompt=""), NODE)
     assert offline["prompt"].value == "a person at a formal event"
     assert {e.source for e in offline.values()} == {"manual"}
