@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="few seeds and captions (the CI size)")
     p.add_argument("--only", default="", help="comma-separated suites: " + ",".join(SUITES))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--weights", default="", help="toy model file to evaluate instead of the shipped one")
+    p.add_argument("--out", default="", help="output folder instead of eval/out (also CONDUIT_EVAL_OUT)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
@@ -48,6 +50,14 @@ def main(argv=None) -> int:
     from conduit.pack import import_pack
 
     import_pack(run_init=True)
+    from . import report
+
+    if args.out:
+        report.OUT = Path(args.out)
+    if args.weights:
+        from toymodel import toy
+
+        toy.WEIGHTS = str(Path(args.weights).resolve())
     names = [n for n in args.only.split(",") if n] or list(SUITES)
     results, failed = {}, []
     for name in names:
@@ -65,7 +75,6 @@ def main(argv=None) -> int:
             results[name] = {"failed": repr(exc)}
             failed.append(name)
         log.info("suite %s done in %.1f s", name, time.time() - t0)
-    from . import report
 
     name = "summary.json" if not args.only else f"summary_{'_'.join(names)}.json"
     (report.out_dir() / name).write_text(json.dumps(results, indent=1, default=float))
