@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated case modules (e.g. baseline,seg)")
     p.add_argument("--quick", action="store_true", help="one repeat, fewest steps (smoke run)")
     p.add_argument("--out", default=str(ROOT / "results.json"))
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows already in --out, replacing those this run measures again")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -36,21 +38,35 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     modules = [m.name for m in pkgutil.iter_modules([str(ROOT)]) if m.name.startswith("cases_")]
     modules = sorted(m for m in modules if not wanted or m[len("cases_"):] in wanted)
-    rows = []
+    rows, kept = [], []
+    if args.append and Path(args.out).exists():
+        from .harness import Row
+
+        kept = [Row.from_dict(d) for d in json.loads(Path(args.out).read_text())]
     for topology in args.topology:
         ctx = make_context(device, host.describe(), topology, args.quick)
         for name in modules:
             mod = importlib.import_module(f"bench.{name}")
             log.info("%s on %s", name, topology)
             rows += mod.cases(ctx)
-            write_rows(Path(args.out), rows)  # after every module, so a long run that is cut short keeps its rows
+            write_rows(Path(args.out), merged(kept, rows))  # after every module, so a long run that is cut short keeps its rows
     out = Path(args.out)
+    rows = merged(kept, rows)
     write_rows(out, rows)
     table = markdown(rows)
     out.with_suffix(".md").write_text(table + "\n")
     print(table)
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return 0
+
+
+def merged(kept: list, new: list) -> list:
+    """The kept rows that this run did not measure again, then the new ones."""
+    def key(r):
+        return r.technique, r.case, r.extra.get("topology")
+
+    fresh = {key(r) for r in new}
+    return [r for r in kept if key(r) not in fresh] + new
 
 
 def write_rows(out: Path, rows) -> None:

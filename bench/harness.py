@@ -34,6 +34,15 @@ class Row:
     def meets_target(self) -> bool | None:
         return None if self.target is None else self.ratio <= self.target
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Row":
+        """Inverse of as_dict (ratio and meets_target are derived, so they are dropped)."""
+        d = dict(d)
+        d.pop("ratio", None)
+        d.pop("meets_target", None)
+        fixed = {k: d.pop(k) for k in ("technique", "case", "baseline_s", "patched_s", "device", "host", "target")}
+        return cls(**fixed, extra=d)
+
     def as_dict(self) -> dict:
         d = asdict(self)
         extra = d.pop("extra")
