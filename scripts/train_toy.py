@@ -2,6 +2,7 @@
 
     python scripts/train_toy.py                      # every stage, resumable
     python scripts/train_toy.py --stage unet         # one stage (vae | encode | unet | export)
+    python scripts/train_toy.py --stage controlnet   # the toy ControlNet for the shipped toy UNet (not in "all")
 
 Stages, each checkpointed under --work so a killed run resumes where it stopped:
   1. vae     the tiny KL autoencoder of toymodel/build.py (ComfyUI's AutoencoderKL, 8x down, 4 channels)
@@ -14,6 +15,11 @@ Stages, each checkpointed under --work so a killed run resumes where it stopped:
              encoder through ComfyUI's tokenizer and encode path, 10 % empty captions for CFG, EMA weights.
   4. export  one safetensors file (unet.*, vae.*, clip.*) with the recipe in its metadata; also written
              at every UNet checkpoint so partial progress is usable.
+  controlnet (only when asked for) a ComfyUI ControlNet (comfy.cldm.cldm.ControlNet) for the toy UNet of
+             --toy-weights: initialised from that UNet's encoder and middle block, zero convolutions, the UNet
+             frozen; hint = the training image's silhouette (white shape on black); the same latents, captions
+             and epsilon objective as the UNet stage, with the control residuals fed into the frozen UNet.
+             Writes --cn-out (fp32) at every checkpoint and at the end. Re-run it whenever the UNet changes.
 Held-out (colour, texture, shape) triples of toy/world.py are never trained on.
 """
 from __future__ import annotations
@@ -37,11 +43,12 @@ log = logging.getLogger("train_toy")
 
 DEFAULT_OUT = ROOT / "toymodel" / "weights" / "toy_sd15.safetensors"
 DEFAULT_WORK = ROOT / ".cache" / "toy_train"
+DEFAULT_CN_OUT = ROOT / "toymodel" / "weights" / "toy_controlnet.safetensors"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", default="all", choices=["all", "vae", "encode", "unet", "export"])
+    p.add_argument("--stage", default="all", choices=["all", "vae", "encode", "unet", "export", "controlnet"])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
     p.add_argument("--seed", type=int, default=0)
@@ -58,6 +65,14 @@ def parse_args(argv=None):
     p.add_argument("--vae-max-minutes", type=float, default=0.0, help="stop the VAE stage early after this long")
     p.add_argument("--unet-max-minutes", type=float, default=0.0, help="stop the UNet stage early after this long")
     p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--toy-weights", type=Path, default=DEFAULT_OUT, help="controlnet: the toy model whose UNet it serves")
+    p.add_argument("--cn-out", type=Path, default=DEFAULT_CN_OUT)
+    p.add_argument("--cn-steps", type=int, default=CN_STEPS)
+    p.add_argument("--cn-batch", type=int, default=32)
+    p.add_argument("--cn-lr", type=float, default=2e-4)
+    p.add_argument("--cn-uncond-p", type=float, default=0.5,
+                   help="controlnet: share of empty captions (the ControlNet paper's 50 %%, so the hint is learnt)")
+    p.add_argument("--cn-max-minutes", type=float, default=0.0, help="stop the ControlNet stage early after this long")
     return p.parse_args(argv)
 
 
@@ -325,6 +340,182 @@ def train_unet(args) -> None:
     bar.close()
 
 
+# ---------------------------------------------------------------- ControlNet
+CN_STEPS = 2000
+CN_VAL = 128  # fixed validation draws (samples, t, noise) for the loss with and without the ControlNet
+CN_SEED_OFFSET = 5
+
+
+def silhouettes(data: dict, seed: int) -> torch.Tensor:
+    """Hints [N, 1, 64, 64] of the encoded training images (encode_dataset's stream: index i = latent i)."""
+    from toy import world
+
+    specs = [world.spec_at(i, seed, "train") for i in range(len(data["labels"]))]
+    if any(data["captions"][int(data["labels"][i])] != specs[i].caption for i in range(0, len(specs), 97)):
+        raise SystemExit("latents.pt does not hold the --seed training stream: re-run --stage encode")
+    return torch.from_numpy(np.stack([world.shape_mask(spec) for spec in specs]))[:, None]
+
+
+def new_controlnet(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """ComfyUI's ControlNet for the toy topology: encoder and middle block copied from the UNet, zero
+    convolutions, hint encoder seeded with its last conv at zero (the ControlNet paper's init)."""
+    from toymodel import build, toy
+
+    control = build.build_controlnet(toy.FAMILY, seed).control_model
+    own = control.state_dict()
+    copied = {k: v for k, v in unet.state_dict().items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in copied and not k.startswith(("zero_convs.", "middle_block_out.",
+                                                                        "input_hint_block."))]
+    if missing:
+        raise RuntimeError(f"ControlNet keys not found in the UNet: {missing[:5]}")
+    control.load_state_dict(copied, strict=False)
+    last_hint = f"input_hint_block.{max(int(k.split('.')[1]) for k in own if k.startswith('input_hint_block.'))}"
+    with torch.no_grad():
+        for name, sub in control.named_modules():
+            if (name.startswith(("zero_convs.", "middle_block_out.")) or name == last_hint) and hasattr(sub, "weight"):
+                sub.weight.zero_()
+                sub.bias.zero_()
+    return control
+
+
+def control_residuals(control, ms, xn, sigma, hint, c) -> dict:
+    """What comfy.controlnet.ControlNet.get_control hands the UNet (strength 1): input scaled and timestep
+    from the model's sampling, down residuals in 'output', the middle one in 'middle'."""
+    outs = control(x=ms.calculate_input(sigma, xn), hint=hint, timesteps=ms.timestep(sigma).float(), context=c)
+    return {"input": [], "middle": [outs[-1]], "output": list(outs[:-1])}
+
+
+def cn_loss(model, control, x0, sigma, noise, hint, c) -> torch.Tensor:
+    xn = x0 + noise * sigma.view(-1, 1, 1, 1)
+    residuals = control_residuals(control, model.model_sampling, xn, sigma, hint, c) if control is not None else None
+    denoised = model.apply_model(xn, sigma, c_crossattn=c, control=residuals)
+    return ((xn - denoised) / sigma.view(-1, 1, 1, 1) - noise).pow(2).mean()
+
+
+def train_controlnet(args) -> None:
+    from safetensors.torch import load_file
+    from toymodel import build, toy
+
+    data = torch.load(args.work / "latents.pt", weights_only=True)
+    parts = toy.split_state(load_file(str(args.toy_weights)))
+    if any(not torch.equal(parts["vae"][k], v.float()) for k, v in data["vae_state"].items()):
+        raise SystemExit(f"{args.work / 'latents.pt'} was encoded with another VAE than {args.toy_weights}; "
+                         "re-run --stage encode with that model's VAE checkpoint")
+    fingerprint = toy.unet_fingerprint(parts["unet"])
+    mp = build.build_unet(toy.FAMILY, state_dict=parts["unet"])
+    model = mp.model
+    unet = model.diffusion_model
+    unet.requires_grad_(False)
+    seed = args.seed + CN_SEED_OFFSET
+    control = new_controlnet(unet, seed)
+    opt = torch.optim.AdamW(control.parameters(), lr=args.cn_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    path = args.work / "controlnet.pt"
+    step, history = 0, {}
+    if path.exists():
+        ck = torch.load(path, weights_only=True)
+        if ck.get("unet_fingerprint") == fingerprint:
+            control.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            step, history = ck["step"], json.loads(ck.get("history", "{}"))
+        else:
+            log.warning("%s belongs to another toy UNet: training the ControlNet from scratch", path)
+    # ComfyUI's transformer blocks add in place after LayerNorm; gradients flow through both networks
+    clone_layernorm_inputs(unet)
+    clone_layernorm_inputs(control)
+    ms = model.model_sampling
+    sigmas = ms.sigmas.float()
+    scale = float(model.latent_format.scale_factor)
+    n, n_cap = len(data["labels"]), len(data["captions"])
+    mean, std, labels, ctx = data["mean"].float(), data["std"].float(), data["labels"], data["ctx"]
+    t0 = time.time()
+    hints = silhouettes(data, args.seed + 300)
+    log.info("controlnet: %d silhouettes in %.1f s", n, time.time() - t0)
+
+    # fixed validation draws from the end of the set: captioned, loss with vs without the ControlNet
+    vgen = torch.Generator().manual_seed(seed * 7 + 1)
+    vidx = torch.arange(n - CN_VAL, n)
+    val = dict(x0=(mean[vidx] + std[vidx] * torch.randn(mean[vidx].shape, generator=vgen)) * scale,
+               sigma=sigmas[torch.randint(0, len(sigmas), (CN_VAL,), generator=vgen)],
+               noise=torch.randn(mean[vidx].shape, generator=vgen), hint=hints[vidx].expand(-1, 3, -1, -1),
+               c=ctx[labels[vidx]])
+
+    def val_loss(with_control: bool) -> float:
+        with torch.no_grad():
+            return float(np.mean([cn_loss(model, control if with_control else None,
+                                          *(val[k][i:i + 32] for k in ("x0", "sigma", "noise", "hint", "c"))).item()
+                                  for i in range(0, CN_VAL, 32)]))
+
+    if "val_without" not in history:
+        history["val_without"] = val_loss(False)
+    if step >= args.cn_steps:
+        export_controlnet(args, control, step, history, fingerprint)
+        return
+    gen = torch.Generator().manual_seed(seed * 104729 + step)
+    stop = Stopper(args.cn_max_minutes)
+    control.train()
+    bar = progress(args.cn_steps, step, "controlnet")
+    recent = []
+    last_ckpt = time.time()
+    while step < args.cn_steps:
+        idx = torch.randint(0, n - CN_VAL, (args.cn_batch,), generator=gen)
+        z = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
+        cap = labels[idx].clone()
+        cap[torch.rand(args.cn_batch, generator=gen) < args.cn_uncond_p] = n_cap  # the "" caption
+        t = torch.randint(0, len(sigmas), (args.cn_batch,), generator=gen)
+        noise = torch.randn(z.shape, generator=gen)
+        loss = cn_loss(model, control, z * scale, sigmas[t], noise, hints[idx].expand(-1, 3, -1, -1), ctx[cap])
+        lr = args.cn_lr * min(1.0, (step + 1) / 50)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(control.parameters(), 1.0)
+        opt.step()
+        step += 1
+        recent.append(loss.item())
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(recent[-100:]):.4f}")
+        if step % args.ckpt_every == 0 or step == args.cn_steps or stop() or time.time() - last_ckpt > 300:
+            history["loss"] = float(np.mean(recent[-200:]))
+            control.eval()
+            history["val_with"] = val_loss(True)
+            control.train()
+            torch.save({"model": control.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "unet_fingerprint": fingerprint, "history": json.dumps(history)}, path)
+            export_controlnet(args, control, step, history, fingerprint)
+            last_ckpt = time.time()
+            log.info("controlnet step %d loss %.5f val %.5f (without ControlNet %.5f)", step, history["loss"],
+                     history["val_with"], history["val_without"])
+        if stop():
+            log.warning("controlnet stopped early at step %d (--cn-max-minutes)", step)
+            break
+    bar.close()
+
+
+def export_controlnet(args, control, step: int, history: dict, fingerprint: str) -> None:
+    from safetensors.torch import save_file
+
+    from toymodel import toy
+
+    recipe = {
+        "model": "Conduit toy ControlNet (demo only): ComfyUI ControlNet for the toy UNet, hint = shape silhouette",
+        "hint": "64x64 RGB, the shape's coverage white on black (toy.world.silhouette)",
+        "seed": args.seed + CN_SEED_OFFSET, "toy_recipe_unet": toy.read_recipe(str(args.toy_weights)).get("unet"),
+        "unet_fingerprint": fingerprint,
+        "controlnet": {"steps": step, "batch": args.cn_batch, "lr": args.cn_lr, "uncond_p": args.cn_uncond_p,
+                       "init": "UNet encoder + middle block, zero convs"},
+        "loss": history.get("loss"), "val_loss_with": history.get("val_with"),
+        "val_loss_without": history.get("val_without"),
+    }
+    tensors = {k: v.detach().float().contiguous() for k, v in control.state_dict().items()}
+    args.cn_out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.cn_out.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"conduit_toy_recipe": json.dumps(recipe)})
+    os.replace(tmp, args.cn_out)
+    log.info("wrote %s (%.1f MB)", args.cn_out, args.cn_out.stat().st_size / 2**20)
+
+
 # ---------------------------------------------------------------- export
 def export(args, data=None, ema=None, unet_step=None, unet_loss=None) -> None:
     from safetensors.torch import save_file
@@ -363,7 +554,8 @@ def main(argv=None) -> int:
     stages = ["vae", "encode", "unet", "export"] if args.stage == "all" else [args.stage]
     for stage in stages:
         t0 = time.time()
-        {"vae": train_vae, "encode": encode_dataset, "unet": train_unet, "export": export}[stage](args)
+        {"vae": train_vae, "encode": encode_dataset, "unet": train_unet, "export": export,
+         "controlnet": train_controlnet}[stage](args)
         log.info("stage %s done in %.1f min", stage, (time.time() - t0) / 60)
     return 0
 

@@ -168,11 +168,20 @@ def render(spec: Spec, size: int = SIZE) -> Sample:
     return Sample(spec, np.clip(np.rint(img), 0, 255).astype(np.uint8), mask)
 
 
+def spec_at(index: int, seed: int = 0, split: str = "train", **fixed) -> Spec:
+    """The spec of sample(index, seed, split), without rendering the image."""
+    rng = np.random.default_rng([seed, index])
+    return random_spec(rng, split, seed=int(rng.integers(2**31)), **fixed)
+
+
 def sample(index: int, seed: int = 0, split: str = "train", **fixed) -> Sample:
     """The index-th sample of the stream with this seed (independent of every other index)."""
-    rng = np.random.default_rng([seed, index])
-    spec = random_spec(rng, split, seed=int(rng.integers(2**31)), **fixed)
-    return render(spec)
+    return render(spec_at(index, seed, split, **fixed))
+
+
+def silhouette(spec: Spec, size: int = SIZE) -> np.ndarray:
+    """The toy ControlNet's hint: the shape's coverage as white on black, float32 [size, size, 3] in [0, 1]."""
+    return np.repeat(shape_mask(spec, size)[..., None], 3, axis=-1)
 
 
 def batch(start: int, count: int, seed: int = 0, split: str = "train") -> list[Sample]:

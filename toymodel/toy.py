@@ -2,9 +2,12 @@
 
 The topology is toymodel/build.py's tiny "sd15" family, so the pack sees it as an SD1.5 model; images are
 64x64 (8x8 latents). scripts/train_toy.py writes the file and records its recipe in the metadata.
+Its toy ControlNet (hint: the shape's silhouette, white on black) is a second file, trained against one
+particular toy UNet by `scripts/train_toy.py --stage controlnet`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,6 +19,7 @@ from . import build
 log = logging.getLogger(__name__)
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "toy_sd15.safetensors")
+CONTROLNET_WEIGHTS = os.path.join(os.path.dirname(WEIGHTS), "toy_controlnet.safetensors")
 FAMILY = "sd15"
 IMAGE_SIZE = 64
 
@@ -37,6 +41,44 @@ def read_recipe(path: str | None = None) -> dict:
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
     return json.loads(meta.get("conduit_toy_recipe", "{}"))
+
+
+def unet_fingerprint(unet_state: dict[str, torch.Tensor]) -> str:
+    """A short hash of UNet weights (fp32 values, sorted keys): ties a toy ControlNet to the UNet it was trained on."""
+    h = hashlib.sha256()
+    for key in sorted(unet_state):
+        h.update(key.encode())
+        h.update(unet_state[key].detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def shipped_unet_fingerprint(path: str | None = None) -> str:
+    from safetensors.torch import load_file
+
+    return unet_fingerprint(split_state(load_file(path or WEIGHTS))["unet"])
+
+
+def load_toy_controlnet(path: str | None = None, toy_weights: str | None = None):
+    """The toy ControlNet as a ComfyUI CONTROL_NET (comfy.controlnet.ControlNet), for the core Apply ControlNet
+    nodes. Hint: an IMAGE of the shape's silhouette (white shape on black, 64x64, toy.world.silhouette).
+
+    Warns when the ControlNet was trained against another UNet than the toy weights' (re-run the stage then).
+    """
+    from safetensors.torch import load_file
+
+    path = path or CONTROLNET_WEIGHTS
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"toy ControlNet weights not found at {path}; run scripts/train_toy.py --stage controlnet")
+    with torch.inference_mode(False), torch.no_grad():
+        state = {k: v.float() for k, v in load_file(path).items()}
+        controlnet = build.build_controlnet(FAMILY)
+        controlnet.control_model.load_state_dict(state, strict=True)
+    trained_on = read_recipe(path).get("unet_fingerprint")
+    toy_weights = toy_weights or WEIGHTS
+    if os.path.isfile(toy_weights) and trained_on != shipped_unet_fingerprint(toy_weights):
+        log.warning("the toy ControlNet %s was trained against another toy UNet than %s; re-run "
+                    "scripts/train_toy.py --stage controlnet", path, toy_weights)
+    return controlnet
 
 
 def load_toy_bundle(path: str | None = None) -> build.TinyBundle:
