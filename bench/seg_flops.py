@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = str(Path(__file__).resolve().parent.parent)
+if REPO not in sys.path:  # never in front of an imported host: the pack's nodes/ would shadow ComfyUI's nodes
+    sys.path.append(REPO)
 
 from conduit.host import find_host, import_host  # noqa: E402
 
