@@ -6,7 +6,14 @@ shapes. Then Conduit Balanced Style injects a procedural reference of another co
 into the top int(lambda_S x 7) self-attention layers. Style match: ToyNet reads the reference's colour
 and texture in the output (and the chroma/texture-spectrum distances). Shape fidelity: ToyNet reads the
 prompt's shape (not the reference's). The paper's claim: an intermediate lambda_S beats both ends.
-lambda_T (ControlNet gating) needs a ControlNet for the toy model, which does not exist yet: not measured.
+
+lambda_T: the toy ControlNet (toymodel/weights/toy_controlnet.safetensors, hint = a shape's silhouette) is
+applied with the core Apply ControlNet (Advanced) node, strength 1, and gated by the Conduit ControlNet
+Timestep Gate node (down residuals off at t < lambda_T x 1000, mid kept), on the lambda_S = 0.43 styled
+model. The prompt asks for shape A, the hint shows another shape B at another place (neither the prompt's
+nor the reference's shape). Fidelity to the ControlNet: IoU of the subject mask (pixels far from the border
+colour) with the hint silhouette, and ToyNet reading shape B. Style match as in the lambda_S sweep.
+Baselines: no ControlNet (vanilla model, and the styled model) and the plain ControlNet without style.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import torch
 from conduit.pack import pack_module
 from toy import world
 
-from . import classifier, measures, report
+from . import classifier, gen, measures, report
 from .gen import Toy, load_toy
 
 log = logging.getLogger(__name__)
@@ -105,6 +112,138 @@ def evaluate(toy: Toy, net, table, lambdas=LAMBDAS, pairs=PAIRS, seeds: int = 3,
     return summary_rows, rows, images
 
 
+LAMBDA_TS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+LAMBDA_S_FOR_T = 0.43
+# The hint's shape per pair: neither the prompt's shape nor the reference's.
+HINT_SHAPES = ("star", "square", "triangle", "ring", "circle", "triangle")
+
+
+def hint_spec(pair: int) -> world.Spec:
+    """The hint's geometry: a training-distribution draw (centre and size anywhere), deterministic per pair."""
+    content, _ = PAIRS[pair]
+    return world.spec_at(pair, 31, "all", shape=HINT_SHAPES[pair], background=content[3])
+
+
+def controlled(toy: Toy, text: str, controlnet, hint: np.ndarray, lambda_t: float | None):
+    """(positive, negative) with the ControlNet applied by the core node; gated by the Conduit gate node unless
+    lambda_t is None; no ControlNet at all when controlnet is None."""
+    import nodes
+
+    pos, neg = toy.cond(text), toy.cond("")
+    if controlnet is None:
+        return pos, neg
+    pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, controlnet, torch.from_numpy(hint)[None],
+                                                                1.0, 0.0, 1.0)[:2]
+    if lambda_t is None:
+        return pos, neg
+    node = pack_module("nodes.conditional_balance").NODE_CLASS_MAPPINGS["ConduitControlNetTimestepGate"]()
+    return node.gate(pos, neg, control_balance=lambda_t, gate_mid=False, invert=False)
+
+
+def generate(toy: Toy, model, positive, negative, seed: int, steps: int) -> np.ndarray:
+    from conduit import testing
+
+    return toy.decode(testing.sample(model, positive, negative, latent_hw=gen.LATENT_HW, steps=steps, cfg=gen.CFG,
+                                     sampler=gen.SAMPLER, scheduler=gen.SCHEDULER, seed=seed))
+
+
+def lambda_t_configs(lambda_ts=LAMBDA_TS) -> list[tuple[str, float, bool, float | None]]:
+    """(name, lambda_S, ControlNet on, lambda_T) per row of the lambda_T table."""
+    rows = [("no ControlNet", 0.0, False, None), ("ControlNet", 0.0, True, None),
+            (f"style {LAMBDA_S_FOR_T}, no ControlNet", LAMBDA_S_FOR_T, False, None)]
+    return rows + [(f"style {LAMBDA_S_FOR_T} + ControlNet, lambda_T {lt}", LAMBDA_S_FOR_T, True, lt)
+                   for lt in lambda_ts]
+
+
+def evaluate_lambda_t(toy: Toy, net, table, controlnet, lambda_ts=LAMBDA_TS, pairs=range(len(PAIRS)),
+                      seeds: int = 3, steps: int = 20):
+    rows, images = [], {}
+    hints = {p: hint_spec(p) for p in pairs}
+    for name, lam_s, on, lam_t in lambda_t_configs(lambda_ts):
+        for p in pairs:
+            (c, t, s, bg), style = PAIRS[p]
+            ref = reference_image(style, bg, p)
+            model = styled_model(toy, lam_s, ref, table) if lam_s > 0 else toy.model
+            hint = world.silhouette(hints[p])
+            pos, neg = controlled(toy, world.caption(c, t, s, bg), controlnet if on else None, hint, lam_t)
+            imgs = np.concatenate([generate(toy, model, pos, neg, 100 + p * 10 + k, steps) for k in range(seeds)])
+            labels, _ = classifier.predict(net, imgs)
+            images[(name, p)] = imgs[0]
+            for k, img in enumerate(imgs):
+                rows.append({
+                    "config": name, "lambda_s": lam_s, "controlnet": on, "lambda_t": lam_t, "pair": p, "seed": k,
+                    "hint_iou": measures.iou(measures.foreground(img), hint[..., 0] > 0.5),
+                    "hint_shape": labels["shape"][k] == hints[p].shape,
+                    "prompt_shape": labels["shape"][k] == s,
+                    "color_match": labels["color"][k] == style[0],
+                    "texture_match": labels["texture"][k] == style[1],
+                    "prompt_color": labels["color"][k] == c,
+                })
+    summary_rows = []
+    for name, lam_s, on, lam_t in lambda_t_configs(lambda_ts):
+        rs = [r for r in rows if r["config"] == name]
+        summary_rows.append({
+            "config": name, "lambda_s": lam_s, "lambda_t": "" if lam_t is None else lam_t,
+            "hint_iou": float(np.mean([r["hint_iou"] for r in rs])),
+            "hint_shape": float(np.mean([r["hint_shape"] for r in rs])),
+            "prompt_shape": float(np.mean([r["prompt_shape"] for r in rs])),
+            "style_match": float(np.mean([(r["color_match"] + r["texture_match"]) / 2 for r in rs])),
+            "color_match": float(np.mean([r["color_match"] for r in rs])),
+            "texture_match": float(np.mean([r["texture_match"] for r in rs])),
+            "prompt_color": float(np.mean([r["prompt_color"] for r in rs])),
+        })
+    grid = [world.silhouette(hints[p]) for p in pairs]
+    for name, *_ in lambda_t_configs(lambda_ts):
+        grid += [images[(name, p)] for p in pairs]
+    return summary_rows, rows, grid
+
+
+def lambda_t_report(toy: Toy, net, table, quick: bool, steps: int) -> dict:
+    """The lambda_T sweep: rows appended to cb.json / cb.md, plot cb_lambda_t.png, grid cb_lambda_t_grid.png."""
+    import json
+
+    from toymodel import toy as toy_files
+
+    try:
+        controlnet = toy_files.load_toy_controlnet()
+    except FileNotFoundError as exc:
+        log.warning("lambda_T not measured: %s", exc)
+        return {"lambda_t": f"not measured: {exc}"}
+    matches = toy_files.read_recipe(toy_files.CONTROLNET_WEIGHTS).get("unet_fingerprint") == \
+        toy_files.shipped_unet_fingerprint(toy_files.WEIGHTS)
+    lambda_ts = (0.0, 0.4, 1.0) if quick else LAMBDA_TS
+    pairs = range(3) if quick else range(len(PAIRS))
+    summary_rows, rows, grid = evaluate_lambda_t(toy, net, table, controlnet, lambda_ts, pairs,
+                                                 seeds=1 if quick else 3, steps=steps)
+    out = report.out_dir()
+    by = {r["config"]: r for r in summary_rows}
+    swept = [r for r in summary_rows if r["lambda_t"] != ""]
+    summary = {
+        "controlnet_matches_unet": matches,
+        "hint_iou_none": by["no ControlNet"]["hint_iou"], "hint_iou_controlnet": by["ControlNet"]["hint_iou"],
+        "hint_iou_lambda_t_0": swept[0]["hint_iou"], "hint_iou_lambda_t_1": swept[-1]["hint_iou"],
+        "style_match_lambda_t_0": swept[0]["style_match"], "style_match_lambda_t_1": swept[-1]["style_match"],
+    }
+    data = json.loads((out / "cb.json").read_text())
+    data["lambda_t"] = {"summary": summary, "by_config": summary_rows, "rows": rows}
+    (out / "cb.json").write_text(json.dumps(data, indent=1, default=float))
+    with open(out / "cb.md", "a") as f:
+        f.write("\n## lambda_T sweep (toy ControlNet, silhouette hint of another shape)\n\n"
+                + report.markdown_table([summary]) + "\n" + report.markdown_table(summary_rows)
+                + "\n### lambda_T rows\n\n" + report.markdown_table(rows))
+    none_styled = by[f"style {LAMBDA_S_FOR_T}, no ControlNet"]
+    report.line_plot({"hint IoU": [(r["lambda_t"], r["hint_iou"]) for r in swept],
+                      "hint shape (ToyNet)": [(r["lambda_t"], r["hint_shape"]) for r in swept],
+                      "style match": [(r["lambda_t"], r["style_match"]) for r in swept],
+                      "prompt shape": [(r["lambda_t"], r["prompt_shape"]) for r in swept],
+                      "hint IoU, no CN": [(0.0, none_styled["hint_iou"]), (1.0, none_styled["hint_iou"])]},
+                     out / "cb_lambda_t.png", title=f"ControlNet gate lambda_T at lambda_S {LAMBDA_S_FOR_T}",
+                     xlabel="lambda_T", ylabel="rate / IoU")
+    report.grid(grid, len(pairs), out / "cb_lambda_t_grid.png",
+                labels=["hint"] + [name for name, *_ in lambda_t_configs(lambda_ts)])
+    return {"lambda_t": summary, "by_config": summary_rows}
+
+
 def run(quick: bool = False) -> dict:
     net = classifier.load()
     toy = load_toy()
@@ -120,8 +259,7 @@ def run(quick: bool = False) -> dict:
     claim = all(best["balance"] > e["balance"] for e in ends) and best["lambda_s"] not in (0.0, 1.0)
     summary = {"best_lambda_s": best["lambda_s"], "best_balance": best["balance"],
                "intermediate_beats_both_ends": claim,
-               "style_match_rises": summary_rows[-1]["style_match"] > summary_rows[0]["style_match"],
-               "lambda_t": "not measured: no toy ControlNet"}
+               "style_match_rises": summary_rows[-1]["style_match"] > summary_rows[0]["style_match"]}
     report.write("cb", summary, summary_rows + rows, __doc__)
     report.line_plot({"style match": [(r["lambda_s"], r["style_match"]) for r in summary_rows],
                       "shape fidelity": [(r["lambda_s"], r["shape_fidelity"]) for r in summary_rows],
@@ -133,4 +271,4 @@ def run(quick: bool = False) -> dict:
                      xlabel="style match", ylabel="shape fidelity")
     per = len(images) // len(LAMBDAS)
     report.grid(images, per, out / "cb_grid.png", labels=[f"lambda_S={lam}" for lam in LAMBDAS])
-    return {"summary": summary, "by_lambda": summary_rows}
+    return {"summary": summary, "by_lambda": summary_rows, **lambda_t_report(toy, net, table, quick, steps)}

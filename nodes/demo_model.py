@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable
 
 from ..patches.errors import ConduitError
 
 log = logging.getLogger(__name__)
 
 NODE = "Conduit Demo Toy Model (demo only)"
+CONTROLNET_NODE = "Conduit Demo Toy ControlNet (demo only)"
+
+
+def load_or_explain(load: Callable[[], Any], node: str, what: str, script: str) -> Any:
+    try:
+        return load()
+    except FileNotFoundError as exc:
+        raise ConduitError(node, f"the {what} are missing ({exc})",
+                           f"reinstall the pack, or run {script} to train them") from exc
 
 
 class ConduitDemoToyModelLoader:
@@ -32,14 +42,33 @@ class ConduitDemoToyModelLoader:
     def load(self):
         from ..toymodel import toy
 
-        try:
-            bundle = toy.load_toy_bundle()
-        except FileNotFoundError as exc:
-            raise ConduitError(NODE, f"the toy weights are missing ({exc})",
-                               "reinstall the pack, or run scripts/train_toy.py to train them") from exc
+        bundle = load_or_explain(toy.load_toy_bundle, NODE, "toy weights", "scripts/train_toy.py")
         log.info("Conduit: loaded the demo toy model (%s)", toy.read_recipe().get("unet", {}))
         return (bundle.model, bundle.clip, bundle.vae)
 
 
-NODE_CLASS_MAPPINGS = {"ConduitDemoToyModelLoader": ConduitDemoToyModelLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"ConduitDemoToyModelLoader": NODE}
+class ConduitDemoToyControlNetLoader:
+    DESCRIPTION = ("DEMO ONLY. Loads the ControlNet trained for Conduit's toy model (Conduit Demo Toy Model): its hint "
+                   "is a 64x64 silhouette, the shape drawn white on black, and it places the generated shape there. "
+                   "Use it with the core Apply ControlNet nodes on the toy model only; see docs/toy_world.md.")
+    CATEGORY = "conduit/demo"
+    RETURN_TYPES = ("CONTROL_NET",)
+    RETURN_NAMES = ("control_net",)
+    OUTPUT_TOOLTIPS = ("The toy ControlNet, for Apply ControlNet with a white-on-black silhouette image as hint.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        from ..toymodel import toy
+
+        return (load_or_explain(toy.load_toy_controlnet, CONTROLNET_NODE, "toy ControlNet weights",
+                                "scripts/train_toy.py --stage controlnet"),)
+
+
+NODE_CLASS_MAPPINGS = {"ConduitDemoToyModelLoader": ConduitDemoToyModelLoader,
+                       "ConduitDemoToyControlNetLoader": ConduitDemoToyControlNetLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"ConduitDemoToyModelLoader": NODE,
+                              "ConduitDemoToyControlNetLoader": CONTROLNET_NODE}

@@ -65,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--vae-max-minutes", type=float, default=0.0, help="stop the VAE stage early after this long")
     p.add_argument("--unet-max-minutes", type=float, default=0.0, help="stop the UNet stage early after this long")
     p.add_argument("--ckpt-every", type=int, default=200)
-    p.add_argument("--toy-weights", type=Path, default=DEFAULT_OUT, help="controlnet: the toy model whose UNet it serves")
+    p.add_argument("--toy-weights", type=Path, default=DEFAULT_OUT,
+                   help="controlnet: the toy model whose UNet it serves")
     p.add_argument("--cn-out", type=Path, default=DEFAULT_CN_OUT)
     p.add_argument("--cn-steps", type=int, default=CN_STEPS)
     p.add_argument("--cn-batch", type=int, default=32)
@@ -263,6 +264,43 @@ def clone_layernorm_inputs(unet: torch.nn.Module) -> None:
             m.register_forward_pre_hook(lambda mod, a: (a[0].clone(),) + tuple(a[1:]))
 
 
+def training_inputs(model, data: dict):
+    """(ComfyUI's sigmas, the latent scale, the encoded set as draw_batch takes it) for the toy UNet."""
+    return (model.model_sampling.sigmas.float(), float(model.latent_format.scale_factor),
+            (data["mean"].float(), data["std"].float(), data["labels"], data["ctx"]))
+
+
+def draw_batch(gen, encoded, count: int, batch: int, uncond_p: float, sigmas, scale: float):
+    """One training draw from the first `count` encoded images: (idx, x0, context, sigma, noise); a share
+    uncond_p of the captions replaced by the empty one (the last row of ctx)."""
+    mean, std, labels, ctx = encoded
+    idx = torch.randint(0, count, (batch,), generator=gen)
+    z = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
+    x0 = z * scale  # latent_format.process_in
+    cap = labels[idx].clone()
+    cap[torch.rand(batch, generator=gen) < uncond_p] = len(ctx) - 1  # the "" caption
+    t = torch.randint(0, len(sigmas), (batch,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    return idx, x0, ctx[cap], sigmas[t], noise
+
+
+def eps_loss(model, x0, sigma, noise, c, control=None) -> torch.Tensor:
+    """The model's own epsilon objective on ComfyUI's schedule; control: residuals for the UNet, or None."""
+    xn = x0 + noise * sigma.view(-1, 1, 1, 1)
+    denoised = model.apply_model(xn, sigma, c_crossattn=c, control=control(xn) if control is not None else None)
+    eps = (xn - denoised) / sigma.view(-1, 1, 1, 1)
+    return (eps - noise).pow(2).mean()
+
+
+def optimizer_step(opt, params, loss: torch.Tensor, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 def train_unet(args) -> None:
     from toymodel import build
 
@@ -284,11 +322,8 @@ def train_unet(args) -> None:
     if step >= args.unet_steps:
         return
     clone_layernorm_inputs(unet)
-    ms = model.model_sampling
-    sigmas = ms.sigmas.float()
-    scale = float(model.latent_format.scale_factor)
-    n, n_cap = len(data["labels"]), len(data["captions"])
-    mean, std, labels, ctx = data["mean"].float(), data["std"].float(), data["labels"], data["ctx"]
+    sigmas, scale, encoded = training_inputs(model, data)
+    n = len(data["labels"])
     gen = torch.Generator().manual_seed(args.seed * 104729 + step)
     stop = Stopper(args.unet_max_minutes)
     unet.train()
@@ -296,26 +331,9 @@ def train_unet(args) -> None:
     recent = []
     last_ckpt = time.time()
     while step < args.unet_steps:
-        idx = torch.randint(0, n, (args.unet_batch,), generator=gen)
-        z = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
-        x0 = z * scale  # latent_format.process_in
-        cap = labels[idx].clone()
-        cap[torch.rand(args.unet_batch, generator=gen) < args.uncond_p] = n_cap  # the "" caption
-        c = ctx[cap]
-        t = torch.randint(0, len(sigmas), (args.unet_batch,), generator=gen)
-        sigma = sigmas[t]
-        noise = torch.randn(x0.shape, generator=gen)
-        xn = x0 + noise * sigma.view(-1, 1, 1, 1)
-        denoised = model.apply_model(xn, sigma, c_crossattn=c)
-        eps = (xn - denoised) / sigma.view(-1, 1, 1, 1)
-        loss = (eps - noise).pow(2).mean()
-        lr = args.unet_lr * min(1.0, (step + 1) / 200)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        _, x0, c, sigma, noise = draw_batch(gen, encoded, n, args.unet_batch, args.uncond_p, sigmas, scale)
+        loss = eps_loss(model, x0, sigma, noise, c)
+        optimizer_step(opt, unet.parameters(), loss, args.unet_lr * min(1.0, (step + 1) / 200))
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
@@ -386,10 +404,9 @@ def control_residuals(control, ms, xn, sigma, hint, c) -> dict:
 
 
 def cn_loss(model, control, x0, sigma, noise, hint, c) -> torch.Tensor:
-    xn = x0 + noise * sigma.view(-1, 1, 1, 1)
-    residuals = control_residuals(control, model.model_sampling, xn, sigma, hint, c) if control is not None else None
-    denoised = model.apply_model(xn, sigma, c_crossattn=c, control=residuals)
-    return ((xn - denoised) / sigma.view(-1, 1, 1, 1) - noise).pow(2).mean()
+    residuals = None if control is None else (
+        lambda xn: control_residuals(control, model.model_sampling, xn, sigma, hint, c))
+    return eps_loss(model, x0, sigma, noise, c, residuals)
 
 
 def train_controlnet(args) -> None:
@@ -422,11 +439,9 @@ def train_controlnet(args) -> None:
     # ComfyUI's transformer blocks add in place after LayerNorm; gradients flow through both networks
     clone_layernorm_inputs(unet)
     clone_layernorm_inputs(control)
-    ms = model.model_sampling
-    sigmas = ms.sigmas.float()
-    scale = float(model.latent_format.scale_factor)
-    n, n_cap = len(data["labels"]), len(data["captions"])
-    mean, std, labels, ctx = data["mean"].float(), data["std"].float(), data["labels"], data["ctx"]
+    sigmas, scale, encoded = training_inputs(model, data)
+    n = len(data["labels"])
+    mean, std, labels, ctx = encoded
     t0 = time.time()
     hints = silhouettes(data, args.seed + 300)
     log.info("controlnet: %d silhouettes in %.1f s", n, time.time() - t0)
@@ -457,20 +472,9 @@ def train_controlnet(args) -> None:
     recent = []
     last_ckpt = time.time()
     while step < args.cn_steps:
-        idx = torch.randint(0, n - CN_VAL, (args.cn_batch,), generator=gen)
-        z = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
-        cap = labels[idx].clone()
-        cap[torch.rand(args.cn_batch, generator=gen) < args.cn_uncond_p] = n_cap  # the "" caption
-        t = torch.randint(0, len(sigmas), (args.cn_batch,), generator=gen)
-        noise = torch.randn(z.shape, generator=gen)
-        loss = cn_loss(model, control, z * scale, sigmas[t], noise, hints[idx].expand(-1, 3, -1, -1), ctx[cap])
-        lr = args.cn_lr * min(1.0, (step + 1) / 50)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(control.parameters(), 1.0)
-        opt.step()
+        idx, x0, c, sigma, noise = draw_batch(gen, encoded, n - CN_VAL, args.cn_batch, args.cn_uncond_p, sigmas, scale)
+        loss = cn_loss(model, control, x0, sigma, noise, hints[idx].expand(-1, 3, -1, -1), c)
+        optimizer_step(opt, control.parameters(), loss, args.cn_lr * min(1.0, (step + 1) / 50))
         step += 1
         recent.append(loss.item())
         bar.update(1)

@@ -68,7 +68,8 @@ def load_toy_controlnet(path: str | None = None, toy_weights: str | None = None)
 
     path = path or CONTROLNET_WEIGHTS
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"toy ControlNet weights not found at {path}; run scripts/train_toy.py --stage controlnet")
+        raise FileNotFoundError(f"toy ControlNet weights not found at {path}; "
+                                "run scripts/train_toy.py --stage controlnet")
     with torch.inference_mode(False), torch.no_grad():
         state = {k: v.float() for k, v in load_file(path).items()}
         controlnet = build.build_controlnet(FAMILY)

@@ -92,3 +92,22 @@ def test_balanced_style_changes_the_sample_only_when_on(toy):
     assert torch.equal(toy.sample(text, seed=1, steps=6, model=eval_cb.styled_model(toy, 0.0, ref, table)), vanilla)
     assert not torch.allclose(toy.sample(text, seed=1, steps=6, model=eval_cb.styled_model(toy, 1.0, ref, table)),
                               vanilla)
+
+
+def test_toy_controlnet_puts_the_subject_on_the_hint(toy):
+    """The toy ControlNet (demo loader node + core Apply ControlNet) moves the subject onto a silhouette hint of
+    another shape and place than the prompt's; over 6 captions x 2 seeds it raised the hint IoU by 0.14-0.20."""
+    from eval import eval_cb
+
+    node = demo.NODE_CLASS_MAPPINGS["ConduitDemoToyControlNetLoader"]()
+    with torch.inference_mode():
+        (controlnet,) = node.load()
+    iou = {True: [], False: []}
+    for p, ((c, t, s, bg), _) in enumerate(eval_cb.PAIRS):
+        hint = world.silhouette(eval_cb.hint_spec(p))
+        for on in (True, False):
+            pos, neg = eval_cb.controlled(toy, world.caption(c, t, s, bg), controlnet if on else None, hint, None)
+            for seed in range(2):
+                img = eval_cb.generate(toy, toy.model, pos, neg, seed, STEPS)[0]
+                iou[on].append(measures.iou(measures.foreground(img), hint[..., 0] > 0.5))
+    assert np.mean(iou[True]) > np.mean(iou[False]) + 0.08, iou
