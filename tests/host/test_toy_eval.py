@@ -61,14 +61,15 @@ def test_toy_model_follows_heldout_captions_better_than_random_weights(toy, net)
     caps = quality.captions_for("heldout", limit=6, seed=1)
     trained, _, _ = quality.evaluate(toy, net, caps, seeds=2, steps=STEPS)
     rand, _, _ = quality.evaluate(load_toy(random_unet_seed=0), net, caps, seeds=2, steps=STEPS)
-    # The shipped model is weak on shape and texture (docs/toy_world.md); background, colour and the
-    # distribution distance are the effects that are clear at this size.
+    # The quality bar, at CI size (12 images): held-out captions mostly get the asked-for shape,
+    # colour and background. Texture is the model's weak attribute (about half, docs/toy_world.md): not asserted.
     def read(r):
         return (r["shape"] + r["color"] + r["background"]) / 3
 
     assert read(trained) > read(rand) + 0.15, (trained, rand)
     assert trained["color"] > rand["color"] and trained["background"] > rand["background"], (trained, rand)
     assert trained["fd"] < rand["fd"], (trained, rand)
+    assert min(trained["shape"], trained["color"], trained["background"]) > 0.5, trained
 
 
 def test_seg_scale_zero_is_vanilla_and_scale_three_is_not(toy):
