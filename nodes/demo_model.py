@@ -24,8 +24,9 @@ class ConduitDemoToyModelLoader:
     DESCRIPTION = ("DEMO ONLY. Loads Conduit's toy model: a tiny SD1.5-shaped UNet, VAE and text encoder trained "
                    "on CPU on procedural 64x64 images of one textured shape on a plain background (captions like "
                    "'a red striped star on a gray background'). It makes the pack's effects visible and measurable "
-                   "without downloading real weights; it is not a general image model, and its images are rough (blurry "
-                   "shapes, mostly the asked-for background and colour; see docs/toy_world.md). Use 64x64 images "
+                   "without downloading real weights; it is not a general image model. Its images are small and soft: "
+                   "the asked-for shape, colour and background most of the time, the texture about half the time "
+                   "(see docs/toy_world.md). Use 64x64 images "
                    "(EmptyLatentImage 64x64), cfg around 3-5, 20 steps.")
     CATEGORY = "conduit/demo"
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
