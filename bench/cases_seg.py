@@ -11,6 +11,7 @@ import time
 from conduit.pack import pack_module
 
 from .harness import Row, time_pair
+from .meta_unet import flops
 
 INF = -1.0
 
@@ -34,14 +35,8 @@ def _timed_pair(ctx, base, patched) -> tuple[float, float, dict]:
 
 def _flop_ratio(ctx, base, patched, cfg: float) -> float:
     """FLOPs of one sampling step, patched over vanilla: deterministic where the clock is noisy."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counts = []
-    for model in (base, patched):
-        with FlopCounterMode(display=False) as fc:
-            ctx.sample(model, cfg=cfg, steps=1)
-        counts.append(fc.get_total_flops())
-    return round(counts[1] / counts[0], 4)
+    b, p = (flops(lambda m=model: ctx.sample(m, cfg=cfg, steps=1)) for model in (base, patched))
+    return round(p / b, 4)
 
 
 def cases(ctx) -> list[Row]:

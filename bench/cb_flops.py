@@ -39,13 +39,13 @@ def ratios(side: int, batch: int, strength: float, rows: int) -> tuple[float, fl
     replace = {"attn1": {key: bs.make_replace(key)(inner) for key in table.layer_keys}}
     x, ts, c = inputs(2 * batch, side, {"cond_or_uncond": cou})
     vanilla = flops(lambda: apply(x, ts, **c))
+    selector = bs.LayerSelector(table, strength)
+    ref = torch.empty(1, 4, side, side, device="meta")
     out = []
     n = len(table.timesteps)
     picked = sorted({round(i * (n - 1) / max(rows - 1, 1)) for i in range(rows)})
     for t in (table.timesteps[i] for i in picked):
-        q_layers, k_layers = bs.LayerSelector(table, strength).at(t)
-        plan = bs.StepPlan(q_layers, k_layers, settings)
-        ref = torch.empty(1, 4, side, side, device="meta")
+        plan = bs.StepPlan(*selector.at(t), settings)
         x, ts, c = inputs(2 * batch, side, {"cond_or_uncond": cou, "patches_replace": replace})
         styled = flops(lambda: rb.run_with_reference(apply, x, ts, c, lambda *a: (ref, plan), MARKER))
         out.append(styled / vanilla)

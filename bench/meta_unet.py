@@ -24,6 +24,7 @@ def sdxl_full_meta_unet() -> Any:
 
 
 def flops(fn: Callable[[], Any]) -> int:
+    """What fn computes, counted by torch (any device; also used on real models by the timed cases)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:
