@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                                                lambda n, n2, f, s=sigma: seg_attn.blurred_attention(s, n, n2, f),
                                                lambda m, s: True)
                     x, t, c = inputs(len(cou), side, {"cond_or_uncond": cou})
-                    call = fork_mod.ApplyCall(x, t, c, model, unet_fn)
+                    call = pack_module("patches.compat").ApplyCall(x, t, c, model, unet_fn)
                     slices = [s for k, s in fork_mod.chunk_slices(len(cou), cou) if k == 0]
                     forked = flops(lambda: fork._fork(call, 1.0, cou, slices, fork._fork_module(unet)))
                     replace = {"attn1": {k: seg_attn.blurred_attention(sigma)(inner) for k in keys}}

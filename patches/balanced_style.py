@@ -8,13 +8,14 @@ post-projection q/k/v as in the official handler. The reference rows come from r
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from . import reference_branch, style_math
-from .attention import set_replace
+from .attention import is_foreign, set_replace
 from .compat import model_sampling as get_model_sampling
 from .errors import ConduitError
 from .run_state import attach_run_reset
@@ -22,6 +23,8 @@ from .schedule import in_window
 from .steps import sigma_to_percent
 from .tables import SensitivityTable
 
+
+log = logging.getLogger(__name__)
 
 NODE = "Conduit Balanced Style"
 MARKER = "conduit_balanced_style"  # transformer_options key; present only in calls that carry reference rows
@@ -91,14 +94,32 @@ def styled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: d
         kt = style_math.extend_with_reference(kt, kr.unsqueeze(1), settings.ref_scale)
         vt = style_math.extend_with_reference(vt, vr.unsqueeze(1))
     qt, kt, vt = (x.reshape(chunks * m, *x.shape[2:]) for x in (qt, kt, vt))
-    if share and settings.ref_shift != 0.0:
+    if share and settings.ref_shift != 0.0 and not is_foreign(inner):
         bias = style_math.reference_bias(n_own, kt.shape[-2] - n_own, settings.ref_shift, qt)
         out_t = style_math.attention(qt, kt, vt, extra["n_heads"], bias)
     else:
+        # Another pack's function at this layer runs on the shared keys too (a replace has no bias argument,
+        # so a score shift is left to plain attention). One that assumes as many keys as queries (PAG's
+        # identity attention returns v) gives one row per key: it then gets the images' own keys, which is
+        # what "each token attends only to itself" means with a reference present.
+        if share and settings.ref_shift != 0.0:
+            _warn_shift_dropped()
         out_t = inner(qt, kt, vt, extra)
+        if share and out_t.shape[-2] != qt.shape[-2]:
+            out_t = inner(qt, kt[..., :n_own, :].contiguous(), vt[..., :n_own, :].contiguous(), extra)
     # Sharing with itself and AdaIN to itself leave the reference unchanged, so it takes plain attention.
     out_r = inner(qr.contiguous(), kr.contiguous(), vr.contiguous(), extra)
     return style_math.join_reference(out_r, out_t.view(chunks, m, *out_t.shape[1:]))
+
+
+_shift_warned: list[bool] = []
+
+
+def _warn_shift_dropped() -> None:
+    if not _shift_warned:
+        _shift_warned.append(True)
+        log.warning("%s: another pack's attention replace shares a layer with the style reference, so "
+                    "reference_attention_shift is not applied there (a replace takes no score bias).", NODE)
 
 
 def make_replace(key: tuple):

@@ -106,3 +106,66 @@ def clone_options(model_options: dict) -> dict:
             to[k] = {name: copy.copy(v) for name, v in to[k].items()}
     mo["transformer_options"] = to
     return mo
+
+
+@dataclass
+class ApplyCall:
+    """One BaseModel.apply_model call as seen by a wrapper, on either host."""
+    x: torch.Tensor
+    t: torch.Tensor  # sigmas, one per row
+    c: dict  # every other keyword argument of apply_model (c_crossattn, y, control, transformer_options...)
+    model: Any  # comfy BaseModel
+    run: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+    @property
+    def options(self) -> dict:
+        return self.c.get("transformer_options") or {}
+
+    def proceed(self) -> torch.Tensor:
+        return self.run(self.x, self.t, self.c)
+
+
+WRAPPER_KEYS_ATTR = "_conduit_wrapper_keys"
+
+
+def install_apply_wrapper(model_patcher: Any, key: str, fn: Callable[[ApplyCall], torch.Tensor]) -> None:
+    """Wrap BaseModel.apply_model: an APPLY_MODEL wrapper where the host has them (list-type, run in the order
+    they were added), else the single model_function_wrapper slot, chained inside whatever function already
+    sits there."""
+    if has_patcher_extension():
+        import comfy.patcher_extension as pe
+
+        def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                    **kwargs):
+            c = dict(kwargs, c_concat=c_concat, c_crossattn=c_crossattn, control=control,
+                     transformer_options=transformer_options if transformer_options is not None else {})
+            return fn(ApplyCall(x, t, c, executor.class_obj, lambda x_, t_, c_: executor(x_, t_, **c_)))
+
+        model_patcher.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, key, wrapper)
+        return
+
+    previous = model_patcher.model_options.get("model_function_wrapper")
+
+    def unet_wrapper(apply_model, args):
+        model = apply_model.__self__ if hasattr(apply_model, "__self__") else None
+
+        def ours(x, t, **c):
+            return fn(ApplyCall(x, t, c, model, lambda x_, t_, c_: apply_model(x_, t_, **c_)))
+
+        if previous is not None:  # innermost, so rows another pack's wrapper adds are seen too
+            return previous(ours, args)
+        return ours(args["input"], args["timestep"], **args["c"])
+
+    setattr(unet_wrapper, WRAPPER_KEYS_ATTR, {key} | getattr(previous, WRAPPER_KEYS_ATTR, set()))
+    model_patcher.set_model_unet_function_wrapper(unet_wrapper)
+
+
+def has_apply_wrapper(model_patcher: Any, key: str) -> bool:
+    """Whether a Conduit apply-model wrapper under key is already installed (so it is added once per model).
+    On the 2024 host a foreign wrapper put on top of ours hides it; a second copy is then harmless."""
+    if has_patcher_extension():
+        import comfy.patcher_extension as pe
+
+        return bool(model_patcher.get_wrappers(pe.WrappersMP.APPLY_MODEL, key))
+    top = model_patcher.model_options.get("model_function_wrapper")
+    return key in getattr(top, WRAPPER_KEYS_ATTR, set())

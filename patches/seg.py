@@ -19,7 +19,8 @@ from .attention import options_set_replace
 from .errors import ConduitError
 from .layers import AttentionLayer, attention_layers, model_family
 from .seg_attention import blurred_attention
-from .seg_fork import PrefixFork, install_apply_wrapper
+from .compat import install_apply_wrapper
+from .seg_fork import PrefixFork
 from .seg_layers import select_layers
 
 log = logging.getLogger(__name__)

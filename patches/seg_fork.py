@@ -26,62 +26,13 @@ from typing import Any
 import torch
 
 from .batch import COND, chunk_slices
+from .compat import ApplyCall
 from .run_state import RunState
 
 log = logging.getLogger(__name__)
 
 FORKING_KEY = "conduit_seg_forking"  # set in a forked call's transformer options, so nested SEGs do not fork
 UNSAFE_PATCHES = ("forward_timestep_embed_patch",)  # foreign layers that read the (unwidened) embedding
-
-
-@dataclass
-class ApplyCall:
-    """One BaseModel.apply_model call as seen by a wrapper, on either host."""
-    x: torch.Tensor
-    t: torch.Tensor  # sigmas, one per row
-    c: dict  # every other keyword argument of apply_model (c_crossattn, y, control, transformer_options...)
-    model: Any  # comfy BaseModel
-    run: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
-
-    @property
-    def options(self) -> dict:
-        return self.c.get("transformer_options") or {}
-
-    def proceed(self) -> torch.Tensor:
-        return self.run(self.x, self.t, self.c)
-
-
-def install_apply_wrapper(model_patcher: Any, key: str, fn: Callable[[ApplyCall], torch.Tensor]) -> None:
-    """Wrap BaseModel.apply_model: an APPLY_MODEL wrapper where the host has them (list-type, run in the order
-    they were added), else the single model_function_wrapper slot, chained inside whatever function already
-    sits there."""
-    from .compat import has_patcher_extension
-
-    if has_patcher_extension():
-        import comfy.patcher_extension as pe
-
-        def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
-                    **kwargs):
-            c = dict(kwargs, c_concat=c_concat, c_crossattn=c_crossattn, control=control,
-                     transformer_options=transformer_options if transformer_options is not None else {})
-            return fn(ApplyCall(x, t, c, executor.class_obj, lambda x_, t_, c_: executor(x_, t_, **c_)))
-
-        model_patcher.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, key, wrapper)
-        return
-
-    previous = model_patcher.model_options.get("model_function_wrapper")
-
-    def unet_wrapper(apply_model, args):
-        model = apply_model.__self__ if hasattr(apply_model, "__self__") else None
-
-        def ours(x, t, **c):
-            return fn(ApplyCall(x, t, c, model, lambda x_, t_, c_: apply_model(x_, t_, **c_)))
-
-        if previous is not None:  # innermost, so rows another pack's wrapper adds are forked along
-            return previous(ours, args)
-        return ours(args["input"], args["timestep"], **args["c"])
-
-    model_patcher.set_model_unet_function_wrapper(unet_wrapper)
 
 
 def fingerprint(options: dict) -> tuple:
@@ -279,8 +230,8 @@ class PrefixFork:
         return next((m for m in container if isinstance(m, SpatialTransformer)), None)
 
     def _fork(self, call: ApplyCall, sigma: float, cou: list, slices: list[slice], fork_module) -> torch.Tensor:
+        from .attention import chain_at
         from .compat import options_with_replace
-        from .attention import existing_replace, chained
 
         n = call.x.shape[0]
         src = torch.cat([torch.arange(s.start, s.stop) for s in slices]).to(call.x.device)
@@ -290,7 +241,7 @@ class PrefixFork:
         flag = ForkFlag()
         make = self.make_replace(n, n_new, flag)
         for key in self.replace_keys:
-            mo = options_with_replace(mo, chained(make, existing_replace(mo, "attn1", key)), "attn1", key)
+            mo = options_with_replace(mo, chain_at(mo, "attn1", key, make), "attn1", key)
         opts = mo["transformer_options"]
         opts[FORKING_KEY] = True
         patches = dict(opts.get("patches", {}))

@@ -13,6 +13,8 @@ if _REPO not in sys.path:
 
 from toymodel import build  # noqa: E402
 
+from .foreign_pack import ConduitTestShortKeyPAG  # noqa: E402
+
 FAMILIES = ["sdxl", "sd15"]
 
 
@@ -44,4 +46,5 @@ class ConduitTestTinyControlNet:
 
 
 NODE_CLASS_MAPPINGS = {"ConduitTestTinyCheckpoint": ConduitTestTinyCheckpoint,
-                       "ConduitTestTinyControlNet": ConduitTestTinyControlNet}
+                       "ConduitTestTinyControlNet": ConduitTestTinyControlNet,
+                       "ConduitTestShortKeyPAG": ConduitTestShortKeyPAG}
