@@ -10,7 +10,8 @@ from .layers import AttentionLayer
 PRESETS = ("middle", "output", "input", "all")
 BLOCK_LETTERS = {"i": "input", "d": "input", "m": "middle", "o": "output", "u": "output"}
 # letter, block id or id range, optional depth or depth range
-_TOKEN = re.compile(r"^([a-z])(\d+)(?:-(\d+))?(?:\.(\d+)(?:-(\d+))?)?$")
+# (at most 4 digits each: no model has more blocks, and a longer number is a typo, not a layer)
+_TOKEN = re.compile(r"^([a-z])(\d{1,4})(?:-(\d{1,4}))?(?:\.(\d{1,4})(?:-(\d{1,4}))?)?$")
 SYNTAX_FIX = ("write comma-separated tokens: a block letter (i = input, m = middle, o = output), the block "
               "number, an optional range (i4-5) and an optional depth or depth range (o1.2, m0.0-3); "
               "'Conduit Model Layers' lists the names.")
@@ -91,3 +92,14 @@ def select_layers(layers: Sequence[AttentionLayer], preset: str, custom: str, no
         raise ConduitError(node, f"this model has no self-attention layers in the '{preset}' preset.",
                            "pick another preset or a custom list.")
     return chosen
+
+
+def layer_list(layers: Sequence[AttentionLayer], text: str, node: str) -> list[AttentionLayer]:
+    """A free-text layer input (SOW's): empty or a preset name, else the same comma-separated tokens as
+    SEG's custom list, so every Conduit node reads one layer grammar."""
+    text = (text or "").strip().lower()
+    if text in ("", "all"):
+        return list(layers)
+    if text in PRESETS:
+        return select_layers(layers, text, "", node)
+    return custom_layers(layers, text, node)

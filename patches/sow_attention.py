@@ -11,9 +11,9 @@ from .attention import set_replace
 from .batch import COND, kind_mask
 from .compat import model_sampling
 from .cow_sampler import PHASE_KEY
-from .errors import ConduitError
 from .grid import token_grid
 from .layers import attention_layers
+from .seg_layers import layer_list
 from .steps import sigma_to_percent
 
 log = logging.getLogger(__name__)
@@ -88,18 +88,7 @@ def make_replace(config: SowConfig, sampling):
 
 
 def parse_layers(text: str, model_patcher, node: str) -> list:
-    layers = attention_layers(model_patcher, node)
-    text = text.strip()
-    if text in ("", "all"):
-        return layers
-    by_name = {layer.short: layer for layer in layers}
-    picked = []
-    for name in (t.strip() for t in text.split(",")):
-        if name not in by_name:
-            raise ConduitError(node, f"layer {name!r} is not a self-attention layer of this model.",
-                               f"use 'all' or names from Conduit Model Layers: {', '.join(by_name)}.")
-        picked.append(by_name[name])
-    return picked
+    return layer_list(attention_layers(model_patcher, node), text, node)
 
 
 def apply_sow(model_patcher, config: SowConfig, layers_text: str, node: str):

@@ -86,8 +86,16 @@ def test_installs_on_every_self_attention_layer_and_leaves_model_alone(tiny_sdxl
     only = patched(tiny_sdxl.model, seed, layers="m0.0, o1.0")
     assert set(only.model_options["transformer_options"]["patches_replace"]["attn1"]) == {("middle", 0, 0),
                                                                                          ("output", 1, 0)}
-    with pytest.raises(errors.ConduitError, match="not a self-attention layer"):
+    with pytest.raises(errors.ConduitError, match="names no self-attention layer"):
         patched(tiny_sdxl.model, seed, layers="i9.9")
+    # one grammar with SEG: ranges and presets
+    ranged = patched(tiny_sdxl.model, seed, layers="o0-2")
+    assert set(ranged.model_options["transformer_options"]["patches_replace"]["attn1"]) == {
+        ("output", i, 0) for i in range(3)}
+    middle = patched(tiny_sdxl.model, seed, layers="middle")
+    assert set(middle.model_options["transformer_options"]["patches_replace"]["attn1"]) == {("middle", 0, 0)}
+    with pytest.raises(errors.ConduitError, match="not understood"):
+        patched(tiny_sdxl.model, seed, layers="o" + "9" * 5000)
 
 
 def test_chains_existing_replace_and_acts_only_in_cycles(tiny_sd15):
