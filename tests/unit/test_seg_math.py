@@ -92,13 +92,23 @@ def test_kernel_size_rule_and_per_axis_cap():
         assert sm.axis_kernel_size(1e3, side) // 2 < side
 
 
-def test_sigma_zero_is_identity_not_nan():
-    q = torch.randn(2, 12, 4)
-    assert torch.equal(sm.blur_tokens(q, (3, 4), 0.0), q)
-    assert torch.equal(sm.blur_matrix(5, 0.0), torch.eye(5, dtype=torch.float64))
-    with torch.no_grad():
-        nan_recipe = torch.exp(-0.5 * (torch.tensor([0.0]) / 0.0) ** 2)
-    assert torch.isnan(nan_recipe).all()  # what the reference formula gives at sigma 0
+@pytest.mark.parametrize("hw", [(3, 4), (1, 5), (8, 8), (2, 9)])
+def test_sigma_zero_is_the_small_sigma_limit_not_nan(hw):
+    """sigma = 0 is the identity, the limit of the dense Gaussian blur as sigma -> 0+ (the recipe's own taps
+    at sigma = 0 would be exp(-0.5 * (0 / 0)^2) = NaN)."""
+    q = torch.randn(2, hw[0] * hw[1], 4, dtype=torch.float64)
+    grid = q.transpose(1, 2).reshape(2, 4, *hw)
+    for tiny in (1e-3, 1e-9):  # the oracle's limit: one tap per axis, i.e. the input itself
+        assert torch.equal(oracle_blur(grid, tiny), grid)
+        assert torch.equal(sm.blur_tokens(q, hw, tiny), q)
+    out = sm.blur_tokens(q, hw, 0.0)
+    assert torch.isfinite(out).all() and torch.equal(out, q)
+    assert torch.equal(sm.blur_grid(grid, 0.0), grid)
+    for side in set(hw):
+        m = sm.blur_matrix(side, 0.0)
+        assert torch.isfinite(m).all() and torch.equal(m, torch.eye(side, dtype=torch.float64))
+    half = q.half()
+    assert torch.equal(sm.blur_tokens(half, hw, 0.0), half)
 
 
 @pytest.mark.parametrize("sigma", [-1.0, -0.5, math.inf, 10000.0, 1e9])
