@@ -173,12 +173,60 @@ def test_reference_compatible_renoise_reproduces_official_constants():
         cm.renoise_coefficients(sigmas, 5, 0, "reference-compatible", NODE)
 
 
-def test_renoise_statistics_match_the_coefficients():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.zeros(200000, dtype=torch.float64)
-    a, b = cm.renoise_exact(1.168, 2.293)
-    out = x * a + torch.randn(x.shape, generator=gen, dtype=torch.float64) * b
-    assert float(out.std()) == pytest.approx(math.sqrt(2.293 ** 2 - 1.168 ** 2), rel=0.01)
+def renoised_by_the_sampler(mode, x_lo, sigmas, seed=0):
+    """Run the pack's COW sampler (one cycle, a model that predicts 0) and return the latent right after its
+    renoise op. The in-place inversion's level `bottom` is the background seed, so the op starts from x_lo."""
+    cs = pack_module("patches.cow_sampler")
+    plan = cm.cycle_plan(len(sigmas) - 1, 0.7, 0.5, 0.4, 1, NODE)
+    start = torch.randn(x_lo.shape, generator=torch.Generator().manual_seed(99), dtype=x_lo.dtype)
+    levels = {k: torch.zeros_like(x_lo) for k in plan.levels_needed}
+    levels[plan.steps], levels[plan.bottom] = start, x_lo
+    inv = cs.CowInversion(list(sigmas), levels, torch.zeros(x_lo.shape[-2:]), "in place", 1.0, 0)
+    seen = []
+    spec = cs.CowSpec(inv, cycles=1, renoise=mode, seed=seed,
+                      observer=lambda op, x: seen.append(x.clone()) if op.kind == "renoise" else None)
+    cs.sample_cow(lambda x, s, **kw: torch.zeros_like(x), start, torch.tensor(sigmas, dtype=torch.float64),
+                  cow=spec)
+    assert len(seen) == 1
+    return seen[0]
+
+
+@pytest.mark.parametrize("mode", ["exact", "reference-compatible"])
+def test_sampler_renoise_has_the_closed_form_statistics(mode):
+    """The renoise inside a cycle, sampled by the pack's sampler, has the mean factor and noise std of its
+    closed form, derived here from the DDPM schedule alone (levels 401 -> 601 of ddim_uniform, 10 steps).
+
+    exact: q(x_601 | x_401) = N(sqrt(a601/a401) x, 1 - a601/a401) in DDPM scale; VE x = ddpm / sqrt(a), so the
+    VE latent keeps its signal and gains noise std sqrt(1/a601 - 1/a401).
+    reference-compatible (spec 1.3, off by one): the official code mixes with the alphas of 501 and 701,
+    x * sqrt(a701/a501) + sqrt(1 - a701/a501) * eps, on the DDPM latent at 401, and the next step reads the
+    result as a latent at 601."""
+    ab = sd_alphas_cumprod()
+    a401, a501, a601, a701 = (float(ab[t]) for t in (401, 501, 601, 701))
+    if mode == "exact":
+        want_a, want_b = 1.0, math.sqrt(1 / a601 - 1 / a401)
+        assert want_b == pytest.approx(1.97, abs=0.01)  # spec: "1.97 would be exact"
+    else:
+        want_a = math.sqrt(a701 / a501) * math.sqrt(a401 / a601)
+        want_b = math.sqrt(1 - a701 / a501) / math.sqrt(a601)
+        assert math.sqrt(a701 / a501) == pytest.approx(0.546, abs=1e-3)  # spec's DDPM-scale constants
+        assert math.sqrt(1 - a701 / a501) == pytest.approx(0.838, abs=1e-3)
+        assert want_a == pytest.approx(0.888, abs=2e-3) and want_b == pytest.approx(2.10, abs=0.01)
+    sigmas = [sigma_of(t) for t in range(901, 0, -100)] + [0.0]
+    gen = torch.Generator().manual_seed(4)
+    x_lo = torch.randn(1, 4, 200, 250, generator=gen, dtype=torch.float64) * 1.3 + 0.4
+    out = renoised_by_the_sampler(mode, x_lo, sigmas)
+    x, y = x_lo.flatten(), out.flatten()
+    xc = x - x.mean()
+    a_hat = float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+    resid = y - a_hat * x
+    assert a_hat == pytest.approx(want_a, abs=0.015)  # standard error ~0.004
+    assert float(resid.std()) == pytest.approx(want_b, rel=0.01)  # standard error ~0.2 %
+    assert abs(float(resid.mean())) < 0.03  # zero-mean noise: no offset
+    # a different sampler seed draws other noise with the same statistics; the same seed the same noise
+    again = renoised_by_the_sampler(mode, x_lo, sigmas)
+    other = renoised_by_the_sampler(mode, x_lo, sigmas, seed=1)
+    assert torch.equal(out, again) and not torch.allclose(out, other)
 
 
 def test_ddim_eta_step_equals_ddpm_form():
