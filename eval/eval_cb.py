@@ -64,7 +64,7 @@ def reference_image(style: tuple[str, str, str], background: str, index: int) ->
 
 
 def styled_model(toy: Toy, lam: float, ref: np.ndarray, table):
-    node = pack_module("nodes.conditional_balance").NODE_CLASS_MAPPINGS["ConduitBalancedStyle"]()
+    node = pack_module("nodes").NODE_CLASS_MAPPINGS["ConduitBalancedStyle"]()
     return node.patch(toy.model, style_strength=lam, adain_queries=True, adain_keys=True, share_attention=True,
                       reference_attention_scale=1.0, reference_attention_shift=0.0, start_percent=0.0,
                       end_percent=1.0, noise_seed=0, inversion_steps=0,
@@ -136,7 +136,7 @@ def controlled(toy: Toy, text: str, controlnet, hint: np.ndarray, lambda_t: floa
                                                                 1.0, 0.0, 1.0)[:2]
     if lambda_t is None:
         return pos, neg
-    node = pack_module("nodes.conditional_balance").NODE_CLASS_MAPPINGS["ConduitControlNetTimestepGate"]()
+    node = pack_module("nodes").NODE_CLASS_MAPPINGS["ConduitControlNetTimestepGate"]()
     return node.gate(pos, neg, control_balance=lambda_t, gate_mid=False, invert=False)
 
 

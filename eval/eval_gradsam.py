@@ -51,7 +51,7 @@ def dilate(mask: np.ndarray, px: int) -> np.ndarray:
 
 def gradsam_sample(toy: Toy, text: str, subject: str, ref_latent: torch.Tensor, denoise: float, seed: int,
                    steps: int, cfg: float, dilation: int) -> np.ndarray:
-    node = pack_module("nodes.gradsam").NODE_CLASS_MAPPINGS["ConduitGradSAMKSampler"]()
+    node = pack_module("nodes").NODE_CLASS_MAPPINGS["ConduitGradSAMKSampler"]()
     out, _ = node.sample(toy.model, toy.cond(text), toy.cond(""), {"samples": ref_latent.clone()},
                          {"samples": ref_latent.clone()}, toy.clip, text, subject, seed, steps, cfg, "euler",
                          "normal", denoise, pack_module("nodes.gradsam").DEFAULT_PERCENTS, 0,

@@ -1,6 +1,7 @@
 """Collect the node classes of every technique module in this folder.
 
-Each module exports NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS. A module that fails to import is
+Each node class is declared once with `@conduit_node(display name)` (see `_declare.py`); importing the
+modules fills the registry, and ComfyUI's two mappings are built from it. A module that fails to import is
 logged and skipped, so one broken technique never takes the whole pack down.
 """
 from __future__ import annotations
@@ -9,10 +10,9 @@ import importlib
 import logging
 import pkgutil
 
-log = logging.getLogger(__name__)
+from ._declare import class_mappings, display_name_mappings
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+log = logging.getLogger(__name__)
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name.startswith("_"):
@@ -22,5 +22,10 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     except Exception:  # noqa: BLE001  (report and keep the other techniques usable)
         log.exception("Conduit: could not load nodes/%s.py; its nodes are unavailable", _info.name)
         continue
-    NODE_CLASS_MAPPINGS.update(getattr(_mod, "NODE_CLASS_MAPPINGS", {}))
-    NODE_DISPLAY_NAME_MAPPINGS.update(getattr(_mod, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+    for _cls in getattr(_mod, "NODE_CLASS_MAPPINGS", {}).values():  # modules not yet declared with the decorator
+        from ._declare import conduit_node
+
+        conduit_node(getattr(_mod, "NODE_DISPLAY_NAME_MAPPINGS", {}).get(_cls.__name__, _cls.__name__))(_cls)
+
+NODE_CLASS_MAPPINGS: dict[str, type] = class_mappings()
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = display_name_mappings()

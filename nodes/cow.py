@@ -15,6 +15,7 @@ from ..patches.cow_sampler import CowSpec, cow_sampler, invert_condition
 from ..patches.errors import ConduitError
 from ..patches.layers import model_family
 from ._inputs import canvas_size
+from ._declare import conduit_node
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def resolve_box(box: dict | None, x: float, y: float, w: float, h: float, units:
     return cm.snap_box(*clamped, canvas_w, canvas_h)
 
 
+@conduit_node(SEED_NODE)
 class ConduitCOWSeedCanvas:
     DESCRIPTION = ("COW seed initialisation: resizes the visual condition into a box and pastes it on a flat gray "
                    "canvas (the paper's neutral background). Outputs the canvas and the crop to VAE-encode, the "
@@ -113,6 +115,7 @@ class ConduitCOWSeedCanvas:
         return (seed.canvas[None], seed.crop[None], seed.canvas_latent_mask[None], seed.crop_latent_mask[None], seed)
 
 
+@conduit_node(INVERT_NODE)
 class ConduitCOWInvert:
     DESCRIPTION = ("Deterministic DDIM inversion in sigma space on the model's own schedule: walks the "
                    "condition latent from sigma 0 up the given SIGMAS and records every intermediate latent "
@@ -177,6 +180,7 @@ class ConduitCOWInvert:
         return inv, {"samples": top}
 
 
+@conduit_node(SAMPLER_NODE)
 class ConduitCOWCycleSampler:
     DESCRIPTION = ("Cyclic One-Way Diffusion as a SAMPLER for SamplerCustom / SamplerCustomAdvanced: starts from "
                    "the seed canvas inverted to the cycle end, then repeatedly renoises to the cycle start and "
@@ -235,6 +239,7 @@ class ConduitCOWCycleSampler:
         return (cow_sampler(spec),)
 
 
+@conduit_node(BOX_NODE)
 class ConduitBox:
     DESCRIPTION = "A box on the canvas as fractions of its width and height, for the seed canvas and SOW."
     CATEGORY = "conduit/cow"
@@ -258,17 +263,3 @@ class ConduitBox:
         if w <= 0 or h <= 0:
             raise ConduitError(BOX_NODE, f"box size {w:g} x {h:g} is empty.", "give a positive width and height.")
         return ({"x": float(x), "y": float(y), "w": float(w), "h": float(h)},)
-
-
-NODE_CLASS_MAPPINGS = {
-    "ConduitCOWSeedCanvas": ConduitCOWSeedCanvas,
-    "ConduitCOWInvert": ConduitCOWInvert,
-    "ConduitCOWCycleSampler": ConduitCOWCycleSampler,
-    "ConduitBox": ConduitBox,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "ConduitCOWSeedCanvas": SEED_NODE,
-    "ConduitCOWInvert": INVERT_NODE,
-    "ConduitCOWCycleSampler": SAMPLER_NODE,
-    "ConduitBox": BOX_NODE,
-}

@@ -5,6 +5,7 @@ import logging
 from typing import Any, Callable
 
 from ..patches.errors import ConduitError
+from ._declare import conduit_node
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ def load_or_explain(load: Callable[[], Any], node: str, what: str, script: str) 
                            f"reinstall the pack, or run {script} to train them") from exc
 
 
+@conduit_node(NODE)
 class ConduitDemoToyModelLoader:
     DESCRIPTION = ("DEMO ONLY. Loads Conduit's toy model: a tiny SD1.5-shaped UNet, VAE and text encoder trained "
                    "on CPU on procedural 64x64 images of one textured shape on a plain background (captions like "
@@ -48,6 +50,7 @@ class ConduitDemoToyModelLoader:
         return (bundle.model, bundle.clip, bundle.vae)
 
 
+@conduit_node(CONTROLNET_NODE)
 class ConduitDemoToyControlNetLoader:
     DESCRIPTION = ("DEMO ONLY. Loads the ControlNet trained for Conduit's toy model (Conduit Demo Toy Model): its hint "
                    "is a 64x64 silhouette, the shape drawn white on black, and it places the generated shape there. "
@@ -67,9 +70,3 @@ class ConduitDemoToyControlNetLoader:
 
         return (load_or_explain(toy.load_toy_controlnet, CONTROLNET_NODE, "toy ControlNet weights",
                                 "scripts/train_toy.py --stage controlnet"),)
-
-
-NODE_CLASS_MAPPINGS = {"ConduitDemoToyModelLoader": ConduitDemoToyModelLoader,
-                       "ConduitDemoToyControlNetLoader": ConduitDemoToyControlNetLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"ConduitDemoToyModelLoader": NODE,
-                              "ConduitDemoToyControlNetLoader": CONTROLNET_NODE}

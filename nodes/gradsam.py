@@ -15,6 +15,7 @@ from ..patches.gradsam_pass import LAYER_MODES, THRESHOLD_MODES, MaskSettings
 from ..patches.gradsam_sampler import GradSamRun, probe_mask
 from ..patches.gradsam_tokens import prompt_tokens, subject_tokens
 from ..patches.layers import model_family
+from ._declare import conduit_node
 
 SAMPLER_NODE = "Conduit Grad-SAM Sampler"
 MASKS_NODE = "Conduit Grad-SAM Masks"
@@ -132,6 +133,7 @@ def make_sampler(clip, prompt, subject, reference, sampler_name, step_percents, 
     return sampler
 
 
+@conduit_node(SAMPLER_NODE)
 class ConduitGradSAMSampler:
     DESCRIPTION = ("Abs-Grad-SAM background preservation as a SAMPLER for SamplerCustom / SamplerCustomAdvanced. "
                    "At the chosen steps it scores where the subject words matter (cross-attention x gradient, "
@@ -161,6 +163,7 @@ class ConduitGradSAMSampler:
                              SAMPLER_NODE, **mask),)
 
 
+@conduit_node(MASKS_NODE)
 class ConduitGradSAMMasks:
     DESCRIPTION = ("The subject masks of the last run of a Conduit Grad-SAM Sampler, one per manipulated step "
                    "(white = subject kept, black = background replaced). Link the sampled LATENT so this runs "
@@ -187,6 +190,7 @@ class ConduitGradSAMMasks:
         return (latent, run_masks(run, latent["samples"]))
 
 
+@conduit_node(KSAMPLER_NODE)
 class ConduitGradSAMKSampler:
     DESCRIPTION = ("All-in-one Abs-Grad-SAM sampling (works without SamplerCustom): samples like KSampler, and at "
                    "the chosen steps keeps only what the subject words attend to, replacing the rest by the "
@@ -243,6 +247,7 @@ class ConduitGradSAMKSampler:
         return (out, run_masks(sampler.conduit_gradsam, out["samples"]))
 
 
+@conduit_node(MASK_NODE)
 class ConduitGradSAMMask:
     DESCRIPTION = ("Inspect Abs-Grad-SAM at one step: noises the latent to the step's level, runs one gradient "
                    "pass and returns the subject mask and the importance map (nothing is sampled).")
@@ -291,17 +296,3 @@ class ConduitGradSAMMask:
         imp = F.interpolate(result.importance.float().sum(dim=1, keepdim=True).cpu(), size=size, mode="bilinear",
                             align_corners=False)
         return (mask, gm.normalize_map(imp)[:, 0])
-
-
-NODE_CLASS_MAPPINGS = {
-    "ConduitGradSAMSampler": ConduitGradSAMSampler,
-    "ConduitGradSAMMasks": ConduitGradSAMMasks,
-    "ConduitGradSAMKSampler": ConduitGradSAMKSampler,
-    "ConduitGradSAMMask": ConduitGradSAMMask,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "ConduitGradSAMSampler": SAMPLER_NODE,
-    "ConduitGradSAMMasks": MASKS_NODE,
-    "ConduitGradSAMKSampler": KSAMPLER_NODE,
-    "ConduitGradSAMMask": MASK_NODE,
-}

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from ..patches.layers import FAMILY_NAMES, attention_layers, model_family
+from ._declare import conduit_node
 
 NODE = "Conduit Model Layers"
 
 
+@conduit_node("Conduit Model Layers")
 class ConduitModelLayers:
     DESCRIPTION = ("Lists every attention layer of an SD1.x, SD2.x or SDXL UNet as ComfyUI (block, id, index) "
                    "keys with its token grid at the given latent size. Use the short names (i4.1, m0.3, o2.0) "
@@ -37,7 +39,3 @@ class ConduitModelLayers:
                          + (" +cross" if layer.has_cross else ""))
         text = "\n".join(lines)
         return {"ui": {"text": [text]}, "result": (text,)}
-
-
-NODE_CLASS_MAPPINGS = {"ConduitModelLayers": ConduitModelLayers}
-NODE_DISPLAY_NAME_MAPPINGS = {"ConduitModelLayers": "Conduit Model Layers"}

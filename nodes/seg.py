@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from ..patches.seg import NODE, SegSettings, apply_seg
 from ..patches.seg_layers import PRESETS
+from ._declare import conduit_node
 
 PAPER = "Smoothed Energy Guidance (Hong, NeurIPS 2024, arXiv 2408.00760)"
 
 
+@conduit_node("Conduit Smoothed Energy Guidance")
 class ConduitSmoothedEnergyGuidance:
     DESCRIPTION = (
         "Smoothed Energy Guidance: runs the positive prompt once more with Gaussian-blurred self-attention "
@@ -30,7 +32,7 @@ class ConduitSmoothedEnergyGuidance:
                 "default": -1.0, "min": -1.0, "max": 10000.0, "step": 0.01,
                 "tooltip": "Gaussian blur of the queries, in tokens of each layer's grid. -1 (default, as in "
                            "the official code) = infinite: every query becomes its image's mean. Any negative "
-                           "value, a value above 9999 or inf (from Python) also means infinite. 0 = no blur "
+                           "value or a value above 9999 also means infinite. 0 = no blur "
                            "(SEG has no effect). The paper sweeps 1, 2, 5, 10 and infinite; larger is "
                            "stronger."}),
             "start_percent": ("FLOAT", {
@@ -63,7 +65,3 @@ class ConduitSmoothedEnergyGuidance:
         settings = SegSettings(scale=scale, sigma=blur_sigma, start_percent=start_percent, end_percent=end_percent,
                                rescale=rescale, layers=layers, custom_layers=custom_layers)
         return (apply_seg(model, settings, NODE),)
-
-
-NODE_CLASS_MAPPINGS = {"ConduitSmoothedEnergyGuidance": ConduitSmoothedEnergyGuidance}
-NODE_DISPLAY_NAME_MAPPINGS = {"ConduitSmoothedEnergyGuidance": "Conduit Smoothed Energy Guidance"}

@@ -8,10 +8,12 @@ from ..patches import sow_math as sm
 from ..patches.errors import ConduitError
 from ..patches.layers import model_family
 from ..patches.sow_attention import SowConfig, apply_sow
+from ._declare import conduit_node
 
 NODE = "Conduit SOW Attention"
 
 
+@conduit_node(NODE)
 class ConduitSOWAttention:
     DESCRIPTION = ("SOW dynamic attention modulation on self-attention: suppresses attention from the condition "
                    "region to the rest (keeps it pure) and enhances attention from the condition-related region "
@@ -81,7 +83,3 @@ class ConduitSOWAttention:
         config = SowConfig(params, seed.canvas_latent_mask.float(), related, apply_to == "cond only",
                            phases == "cycles only")
         return (apply_sow(model, config, layers, NODE),)
-
-
-NODE_CLASS_MAPPINGS = {"ConduitSOWAttention": ConduitSOWAttention}
-NODE_DISPLAY_NAME_MAPPINGS = {"ConduitSOWAttention": NODE}

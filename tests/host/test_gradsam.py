@@ -8,7 +8,7 @@ import torch
 from conduit.pack import pack_module
 from toymodel import build
 
-nodes = pack_module("nodes.gradsam").NODE_CLASS_MAPPINGS
+nodes = pack_module("nodes").NODE_CLASS_MAPPINGS
 gm = pack_module("patches.gradsam_math")
 gs = pack_module("patches.gradsam_sampler")
 errors = pack_module("patches.errors")

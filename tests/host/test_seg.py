@@ -13,7 +13,7 @@ compat = pack_module("patches.compat")
 layers_mod = pack_module("patches.layers")
 errors = pack_module("patches.errors")
 node_mod = pack_module("nodes.seg")
-NODE = node_mod.NODE_CLASS_MAPPINGS["ConduitSmoothedEnergyGuidance"]
+NODE = node_mod.ConduitSmoothedEnergyGuidance
 
 
 # -- independent oracle: the official blur recipe as a dense conv, then ComfyUI's own attention -------------
@@ -302,7 +302,7 @@ def test_node_interface():
     assert spec["scale"][1]["default"] == 3.0 and spec["blur_sigma"][1]["default"] == -1.0
     assert spec["layers"][0] == ["middle", "output", "input", "all", "custom"]
     assert NODE.CATEGORY == "conduit/guidance" and NODE.RETURN_TYPES == ("MODEL",)
-    assert node_mod.NODE_DISPLAY_NAME_MAPPINGS["ConduitSmoothedEnergyGuidance"] == "Conduit Smoothed Energy Guidance"
+    assert node_mod.ConduitSmoothedEnergyGuidance.DISPLAY_NAME == "Conduit Smoothed Energy Guidance"
 
 
 def test_node_accepts_inf_sigma(tiny_sd15):

@@ -26,8 +26,8 @@ def net():
 
 
 def test_demo_loader_node_under_inference_mode():
-    node = demo.NODE_CLASS_MAPPINGS["ConduitDemoToyModelLoader"]()
-    assert node.CATEGORY == "conduit/demo" and "demo only" in demo.NODE_DISPLAY_NAME_MAPPINGS[
+    node = demo.ConduitDemoToyModelLoader()
+    assert node.CATEGORY == "conduit/demo" and "demo only" in pack_module("nodes").NODE_DISPLAY_NAME_MAPPINGS[
         "ConduitDemoToyModelLoader"]
     with torch.inference_mode():
         model, clip, vae = node.load()
@@ -100,7 +100,7 @@ def test_toy_controlnet_puts_the_subject_on_the_hint(toy):
     another shape and place than the prompt's; over 6 captions x 2 seeds it raised the hint IoU by 0.14-0.20."""
     from eval import eval_cb
 
-    node = demo.NODE_CLASS_MAPPINGS["ConduitDemoToyControlNetLoader"]()
+    node = demo.ConduitDemoToyControlNetLoader()
     with torch.inference_mode():
         (controlnet,) = node.load()
     iou = {True: [], False: []}
