@@ -6,6 +6,8 @@ up-block cross-attention at the highest resolution, threshold mean + 0.5 std. Se
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +18,8 @@ from ..patches.gradsam_sampler import GradSamRun, probe_mask
 from ..patches.gradsam_tokens import prompt_tokens, subject_tokens
 from ..patches.layers import model_family
 from ._declare import conduit_node
+
+log = logging.getLogger(__name__)
 
 SAMPLER_NODE = "Conduit Grad-SAM Sampler"
 MASKS_NODE = "Conduit Grad-SAM Masks"
@@ -235,6 +239,11 @@ class ConduitGradSAMKSampler:
         from comfy_extras.nodes_custom_sampler import SamplerCustom
 
         model_family(model, KSAMPLER_NODE)
+        if denoise == 0:  # KSampler's schedule divides by denoise: answer as a zero-step run would
+            log.warning("%s: denoise is 0, so no step runs and the latent is returned unchanged; set denoise "
+                        "above 0.", KSAMPLER_NODE)
+            samples = latent_image["samples"]
+            return (latent_image, masks_to_image([], tuple(samples.shape[-2:]), samples.shape[0]))
         sampler = make_sampler(clip, prompt, subject, reference, sampler_name, step_percents, reference_seed,
                                KSAMPLER_NODE, **mask)
         # KSampler's own schedule (incl. its denoise and penultimate-sigma rules); the 2024 host wants the

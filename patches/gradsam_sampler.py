@@ -84,6 +84,7 @@ class GradSamRun:
         self.masks = []
         inner = self.inner()
         steps = self.steps_for(model, sigmas)
+        warn_unused_percents(self.node, self.percents, steps, len(sigmas) - 1)
         if not steps:
             return inner.sampler_function(model, x, sigmas, extra_args=extra_args, callback=callback,
                                           disable=disable, **inner.extra_options)
@@ -100,10 +101,33 @@ class GradSamRun:
                                    self.settings, self.node)
             x = gm.replace_background(x, gm.noised_reference(ref, noise, float(sigmas[m])), result.mask)
             self.masks.append(_record(m, sigmas, result))
+            warn_degenerate_mask(self.node, m, result.mask)
             log.info("%s: step %d (sigma %.3f) keeps %.1f%% of the latent as subject", self.node, m,
                      float(sigmas[m]), 100.0 * float(result.mask.float().mean()))
             start = m
         return _segment(inner, model, x, sigmas, start, len(sigmas) - 1, extra_args, callback, disable, len(steps))
+
+
+def warn_unused_percents(node: str, percents, steps: list[int], total: int) -> None:
+    """A percent before the first step or after the last, or two percents on one step, do nothing: say so."""
+    if len(steps) < len(percents):
+        log.warning("%s: %d of the %d step_percents (%s) land on no step of this %d-step run or share a step; "
+                    "the background is replaced at %d step(s). Use percents between 0 and 1 that fall on "
+                    "distinct steps.", node, len(percents) - len(steps), len(percents),
+                    ", ".join(f"{p:g}" for p in percents), total, len(steps))
+
+
+def warn_degenerate_mask(node: str, step: int, mask: torch.Tensor) -> None:
+    """A mask that keeps everything (e.g. a dilation as large as the latent) replaces no background, and one
+    that keeps nothing replaces the subject too."""
+    kept = float(mask.float().mean())
+    if kept >= 1.0:
+        log.warning("%s: at step %d the subject mask covers the whole latent, so none of the reference "
+                    "background is kept (a dilation as wide as the latent does this); lower dilation or raise kappa.",
+                    node, step)
+    elif kept <= 0.0:
+        log.warning("%s: at step %d the subject mask is empty, so the whole latent is replaced by the "
+                    "reference; lower kappa or check the subject words.", node, step)
 
 
 def model_sampling_of(model):

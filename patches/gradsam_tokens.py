@@ -125,6 +125,9 @@ def subject_tokens(prompt: PromptTokens, subject: str, node: str) -> list[Subjec
     listing = ", ".join(w.text for w in prompt.words) or "(none)"
     phrases = words_lib.split_subject(subject)
     if not phrases:
+        if subject.strip():
+            log.warning("%s: subject %r holds no word (only separators or symbols), so every noun of the prompt "
+                        "is kept as the subject instead; type the subject's words to pick one.", node, subject[:80])
         nouns = words_lib.guess_nouns(norms)
         if not nouns:
             raise ConduitError(node, f"the prompt has no word the noun rule accepts (prompt words: {listing}).",

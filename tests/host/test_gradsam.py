@@ -268,3 +268,29 @@ def test_chains_to_another_packs_attention_replace(tiny_sdxl, clips):
     assert n >= 2 and calls.count(True) == n  # its function ran inside each gradient pass
     assert attention.existing_replace(model.model_options, "attn2", key) is before
     assert not torch.equal(out, custom(tiny_sdxl.model, clip, gradsam_sampler(clip, latent(seed=1))))
+
+
+def test_legal_inputs_that_do_nothing_are_warned(tiny_sd15, clips, caplog):
+    clip, model = clips["sd15"], tiny_sd15.model
+
+    def warnings_of(fn):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            fn()
+        return " | ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+    text = warnings_of(lambda: custom(model, clip, gradsam_sampler(clip, latent(), ",,, ,")))
+    assert "holds no word" in text and "',,, ,'" in text
+    text = warnings_of(lambda: custom(model, clip, gradsam_sampler(clip, latent(), "cat", percents="1e-300")))
+    assert "1 of the 1 step_percents" in text
+    assert "1 of the 1" not in warnings_of(lambda: custom(model, clip, gradsam_sampler(clip, latent(), "cat",
+                                                                                      percents="0.5")))
+    small = {"samples": torch.zeros(1, 4, 8, 8)}
+    text = warnings_of(lambda: custom(model, clip, gradsam_sampler(clip, {"samples": torch.zeros(1, 4, 8, 8)},
+                                                                   "cat", percents="0.5", dilation=64),
+                                      empty=small))
+    assert "covers the whole latent" in text
+    text = warnings_of(lambda: nodes["ConduitGradSAMKSampler"]().sample(
+        model, encode(clip, PROMPT), encode(clip, ""), latent(), latent(seed=1), clip, PROMPT, "cat", 3, 4, 6.0,
+        "euler", "normal", 0.0, "0.5", 7, **OPTS))
+    assert "denoise is 0" in text
