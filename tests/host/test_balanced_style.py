@@ -18,12 +18,12 @@ errors = pack_module("patches.errors")
 cbn = pack_module("nodes.conditional_balance")
 
 
-def expected_sets(model, sigma, n):
+def expected_sets(model, sigma, n, timesteps=TABLE_T, q_ranks=Q_RANKS, k_ranks=K_RANKS):
     """Independent selection: nearest table timestep to the model timestep, then the hand ranking's first n."""
     keys = tiny_keys(model)
     t = float(compat.model_sampling(model).timestep(torch.tensor([sigma])).flatten()[0])
-    row = min(range(len(TABLE_T)), key=lambda i: abs(TABLE_T[i] - t))
-    return {keys[i] for i in Q_RANKS[row][:n]}, {keys[i] for i in K_RANKS[row][:n]}
+    row = min(range(len(timesteps)), key=lambda i: abs(timesteps[i] - t))
+    return {keys[i] for i in q_ranks[row][:n]}, {keys[i] for i in k_ranks[row][:n]}
 
 
 def patched(model, strength=1.0, seed=3, table=None, **kw):
@@ -34,41 +34,56 @@ def patched(model, strength=1.0, seed=3, table=None, **kw):
 
 # ---- independent StyleAligned (official expand_first semantics, one chunk, reference = row 0) ------------------
 
-def stylealigned_attn(q, k, v, extra):
-    heads = extra["n_heads"]
+def stylealigned(adain_q=True, adain_k=True, share=True):
+    """One layer's StyleAligned attention with the chosen parts."""
 
-    def stats(x):
-        return x.mean(1, keepdim=True), (x.var(1, keepdim=True) + 1e-5).sqrt()
+    def attn(q, k, v, extra):
+        heads = extra["n_heads"]
 
-    def adain(x):
-        m, s = stats(x)
-        rm, rs = stats(x[:1])
-        return (x - m) / s * rs + rm
+        def stats(x):
+            return x.mean(1, keepdim=True), (x.var(1, keepdim=True) + 1e-5).sqrt()
 
-    q, k = adain(q), adain(k)
-    k = torch.cat([k, k[:1].expand_as(k)], 1)
-    v = torch.cat([v, v[:1].expand_as(v)], 1)
-    b, n, c = q.shape
-    d = c // heads
-    qh = q.view(b, n, heads, d).permute(0, 2, 1, 3)
-    kh = k.view(b, -1, heads, d).permute(0, 2, 1, 3)
-    vh = v.view(b, -1, heads, d).permute(0, 2, 1, 3)
-    w = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), dim=-1)
-    return (w @ vh).permute(0, 2, 1, 3).reshape(b, n, c)
+        def adain(x):
+            m, s = stats(x)
+            rm, rs = stats(x[:1])
+            return (x - m) / s * rs + rm
+
+        if adain_q:
+            q = adain(q)
+        if adain_k:
+            k = adain(k)
+        if share:
+            k = torch.cat([k, k[:1].expand_as(k)], 1)
+            v = torch.cat([v, v[:1].expand_as(v)], 1)
+        b, n, c = q.shape
+        d = c // heads
+        qh = q.view(b, n, heads, d).permute(0, 2, 1, 3)
+        kh = k.view(b, -1, heads, d).permute(0, 2, 1, 3)
+        vh = v.view(b, -1, heads, d).permute(0, 2, 1, 3)
+        w = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), dim=-1)
+        return (w @ vh).permute(0, 2, 1, 3).reshape(b, n, c)
+    return attn
+
+
+stylealigned_attn = stylealigned()
 
 
 @torch.no_grad()
-def independent_denoise(tm, x, sigma, cond, ref_seed, noise_seed):
+def independent_denoise(tm, x, sigma, cond, ref_seed, noise_seed, replaces=None):
+    """The reference row and the image in one batch; replaces maps layer key -> attn1 function (default:
+    full StyleAligned on every layer); layers not in it run ComfyUI's own attention."""
     base = tm.model.model
     ctx, extra = cond[0]
     y = base.encode_adm(**extra, device=x.device)
     ref_in = base.process_latent_in(ref_latent(ref_seed, tuple(x.shape[-2:])))
     noise = torch.randn(ref_in.shape, generator=torch.Generator().manual_seed(noise_seed))
     xb = torch.cat([ref_in + sigma * noise, x])
-    to = {"patches_replace": {"attn1": {k: stylealigned_attn for k in tiny_keys(tm.model)}},
-          "cond_or_uncond": [0], "sigmas": torch.tensor([sigma])}
+    if replaces is None:
+        replaces = {k: stylealigned_attn for k in tiny_keys(tm.model)}
+    to = {"patches_replace": {"attn1": dict(replaces)}, "cond_or_uncond": [0], "sigmas": torch.tensor([sigma])}
+    kw = {} if y is None else {"y": torch.cat([y, y])}
     out = base.apply_model(xb, torch.tensor([sigma, sigma]), c_crossattn=torch.cat([ctx, ctx]),
-                           y=torch.cat([y, y]), transformer_options=to)
+                           transformer_options=to, **kw)
     return out[1:]
 
 
@@ -240,13 +255,46 @@ def test_chains_inside_an_existing_unet_wrapper(tiny_sdxl):
     assert torch.allclose(out, plain, atol=1e-5)
 
 
+def center_crop_bilinear(lat, h, w):
+    """Independent resize: cut the source's centre to the target's aspect, then bilinear with half-pixel
+    centres (align_corners=False, no antialias)."""
+    sh, sw = lat.shape[-2:]
+    if sw * h < w * sh:  # target is wider: keep the middle rows
+        keep = round(sw * h / w)
+        top = (sh - keep) // 2
+        lat = lat[..., top:top + keep, :]
+    elif sw * h > w * sh:  # target is taller: keep the middle columns
+        keep = round(sh * w / h)
+        left = (sw - keep) // 2
+        lat = lat[..., left:left + keep]
+    return torch.nn.functional.interpolate(lat, size=(h, w), mode="bilinear", align_corners=False)
+
+
 def test_non_square_latent_with_resized_reference_and_cfg1(tiny_sdxl):
+    """The 32x32 reference reaches the UNet at a 25x40 latent as its centre 20x32 rows, bilinearly resized,
+    plus sigma times the seed's noise at that size; with cfg 1 (cond chunk only) and cfg 4."""
+    hw = (25, 40)
     c, n = tiny_sdxl.cond(width=320, height=200), tiny_sdxl.cond(seed=1, width=320, height=200)
-    m = patched(tiny_sdxl.model, 0.5)  # reference is 32x32, the latent 25x40: resized with a center crop
+    m = patched(tiny_sdxl.model, 0.5, seed=3)
+    base = tiny_sdxl.model.model
+    clean = base.process_latent_in(center_crop_bilinear(ref_latent(), *hw))
+    stretched = base.process_latent_in(torch.nn.functional.interpolate(ref_latent(), size=hw, mode="bilinear"))
+    assert (clean - stretched).abs().max() > 0.05  # the crop matters at this aspect
+    noise = torch.randn(1, 4, *hw, generator=torch.Generator().manual_seed(3))
     for cfg in (1.0, 4.0):
-        out = testing.sample(m, c, n, latent_hw=(25, 40), steps=3, cfg=cfg)
-        vanilla = testing.sample(tiny_sdxl.model, c, n, latent_hw=(25, 40), steps=3, cfg=cfg)
-        assert out.shape == (1, 4, 25, 40) and torch.isfinite(out).all()
+        seen, handle = unet_inputs(tiny_sdxl.model)
+        try:
+            out = testing.sample(m, c, n, latent_hw=hw, steps=3, cfg=cfg)
+        finally:
+            handle.remove()
+        assert len(seen) == 3
+        for rows, _, xc, sigma in seen:
+            assert xc.shape[-2:] == hw and rows in (2, 4)  # chunks of (reference, image)
+            ref_x = xc[0::2] * math.sqrt(sigma ** 2 + 1.0)  # undo calculate_input
+            want = (clean + sigma * noise).expand_as(ref_x)
+            assert torch.allclose(ref_x, want, atol=1e-4), (cfg, sigma, (ref_x - want).abs().max())
+        vanilla = testing.sample(tiny_sdxl.model, c, n, latent_hw=hw, steps=3, cfg=cfg)
+        assert out.shape == (1, 4, *hw) and torch.isfinite(out).all()
         assert (out - vanilla).abs().max() > 1e-3
 
 
@@ -337,13 +385,68 @@ def test_shipped_sdxl_table_selection_matches_official_ranking():
     assert k == {cb_index_to_key(i) for i in k1}
 
 
+SD15_T = [800, 200]
+SD15_Q = [[6, 2, 4, 0, 1, 3, 5], [0, 5, 1, 6, 2, 3, 4]]  # most style-sensitive first, per table row
+SD15_K = [[3, 6, 1, 2, 0, 4, 5], [2, 4, 0, 1, 3, 5, 6]]
+
+
+def sd15_table(keys):
+    def scores(ranks):
+        rows = []
+        for order in ranks:
+            row = [0.0] * len(keys)
+            for pos, layer in enumerate(order):
+                row[layer] = 0.1 + 0.05 * pos  # lower = more sensitive
+            rows.append(row)
+        return torch.tensor(rows, dtype=torch.float64)
+    return tables.SensitivityTable("sd15", "style", keys, list(SD15_T), {"q": scores(SD15_Q), "k": scores(SD15_K)})
+
+
 def test_sd15_with_its_own_table(tiny_sd15):
-    """Any family works with a table made for it (the analysis node's output); SD1.5 has no shipped table."""
+    """Any family works with a table made for it (the analysis node's output; SD1.5 has no shipped table): at
+    lambda_S = 0.3 (2 of 7 layers per feature) each step styles exactly the layers its table row names, and the
+    guided prediction equals an independent StyleAligned applied on those layers only (AdaIN q on the q
+    layers, AdaIN k on the k layers, shared reference K/V on their union)."""
     keys = tiny_keys(tiny_sd15.model)
-    scores = {f: torch.linspace(0, 1, len(keys), dtype=torch.float64).roll(i).repeat(2, 1)
-              for i, f in enumerate(("q", "k"))}
-    table = tables.SensitivityTable("sd15", "style", keys, [800, 200], scores)
-    m = bs.apply_balanced_style(tiny_sd15.model, table, rb.NoisedReference(ref_latent(), 0), bs.StyleSettings(0.5))
+    assert len(keys) == 7
+    table = sd15_table(keys)
+    sets = lambda model, sigma: expected_sets(model, sigma, 2, SD15_T, SD15_Q, SD15_K)  # noqa: E731
+
+    # 1. which layers act, per step of a real run (another pack's replace records what reaches it)
+    calls = []
+    base = recording_model(tiny_sd15, calls)
+    m = bs.apply_balanced_style(base, table, rb.NoisedReference(ref_latent(), 0), bs.StyleSettings(0.3))
     c, n = tiny_sd15.cond(), tiny_sd15.cond(seed=1)
-    out = testing.sample(m, c, n, steps=2, cfg=4.0)
-    assert torch.isfinite(out).all() and (out - testing.sample(tiny_sd15.model, c, n, steps=2, cfg=4.0)).abs().max() > 1e-3
+    testing.sample(m, c, n, steps=6, cfg=4.0)
+    sigmas = sorted({cl[0] for cl in calls}, reverse=True)
+    assert len(sigmas) == 6
+    seen_unions = set()
+    for sigma in sigmas:
+        q_set, k_set = sets(base, sigma)
+        mine = [cl for cl in calls if cl[0] == sigma]
+        shared = {cl[1] for cl in mine if cl[4] > cl[3]}  # the reference's keys appended
+        assert shared == q_set | k_set, (sigma, shared, q_set | k_set)
+        for cl in mine:
+            if cl[1] not in q_set | k_set:
+                assert cl[2] == 4 and cl[3] == cl[4]  # 2 chunks x (reference + image), untouched
+        seen_unions.add(frozenset(q_set | k_set))
+    assert len(seen_unions) == 2  # both table rows were used
+
+    # 2. the guided prediction at one sigma per table row against the independent computation
+    m = bs.apply_balanced_style(tiny_sd15.model, table, rb.NoisedReference(ref_latent(), 0), bs.StyleSettings(0.3))
+    hw, cfg = (32, 32), 4.0
+    for sigma in (3.0, 0.5):
+        q_set, k_set = sets(tiny_sd15.model, sigma)
+        replaces = {key: stylealigned(key in q_set, key in k_set, True) for key in q_set | k_set}
+        x = sigma * testing.noise_for((1, 4, *hw), 11)
+        dc = independent_denoise(tiny_sd15, x, sigma, c, 5, 0, replaces)
+        du = independent_denoise(tiny_sd15, x, sigma, n, 5, 0, replaces)
+        want = tiny_sd15.model.model.process_latent_out(du + cfg * (dc - du))
+        got = one_step_to_zero(m, c, n, sigma, hw, cfg)
+        vanilla = one_step_to_zero(tiny_sd15.model, c, n, sigma, hw, cfg)
+        everywhere = {key: stylealigned_attn for key in keys}
+        dc_all = independent_denoise(tiny_sd15, x, sigma, c, 5, 0, everywhere)
+        du_all = independent_denoise(tiny_sd15, x, sigma, n, 5, 0, everywhere)
+        all_layers = tiny_sd15.model.model.process_latent_out(du_all + cfg * (dc_all - du_all))
+        assert (want - vanilla).abs().max() > 1e-2 and (want - all_layers).abs().max() > 1e-2, sigma
+        assert torch.allclose(got, want, atol=1e-3, rtol=1e-4), (sigma, (got - want).abs().max())
