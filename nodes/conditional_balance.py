@@ -3,6 +3,7 @@ LoRA applied only to the style (or content) layers."""
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -11,7 +12,8 @@ from ..patches.controlnet_gate import GateSettings, count_controls, gate_conditi
 from ..patches.errors import ConduitError
 from ..patches.layers import model_family
 from ..patches.reference_branch import InvertedReference, NoisedReference
-from ..patches.selective_lora import MODES, apply_selective_lora, static_style_layers
+from ..patches.safe_files import MAX_LORA_BYTES
+from ..patches.selective_lora import MODES, apply_selective_lora, check_lora_name, load_lora_file, static_style_layers
 from ..patches.tables import SOCKET, SensitivityTable, resolve_table, table_for_family, validate_against
 
 log = logging.getLogger(__name__)
@@ -183,7 +185,10 @@ class ConduitSelectiveLoRA:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model to apply the LoRA to."}),
-                "lora_name": (folder_paths.get_filename_list("loras"), {"tooltip": "A LoRA from models/loras."}),
+                "lora_name": (folder_paths.get_filename_list("loras"), {
+                    "tooltip": "A LoRA from models/loras, as a .safetensors (or .sft) file of at most "
+                               f"{MAX_LORA_BYTES // 1024 ** 3} GiB. Pickle formats (.pt, .ckpt, .pth, .bin) are "
+                               "refused, never loaded: unpickling can run code. Convert them to .safetensors."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                        "tooltip": "LoRA strength on the selected layers. Default 1.0."}),
                 "style_strength": strength_input(0.57, "counted as style layers (B-LoRA results of the paper use "
@@ -197,15 +202,16 @@ class ConduitSelectiveLoRA:
 
     def apply(self, model, lora_name: str, strength: float, style_strength: float, layers: str,
               sensitivity_table=None):
-        import comfy.utils
         import folder_paths
 
         if layers not in MODES:
             raise ConduitError(LORA_NODE, f"unknown layer choice {layers!r}.", f"use one of {', '.join(MODES)}.")
+        check_lora_name(lora_name, LORA_NODE)  # before any file access: pickles are refused, never loaded
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None:
-            raise ConduitError(LORA_NODE, f"LoRA {lora_name!r} was not found.", "put it in models/loras.")
-        lora_sd = comfy.utils.load_torch_file(path, safe_load=True)
+            raise ConduitError(LORA_NODE, f"LoRA {os.path.basename(lora_name)!r} was not found.",
+                               "put the .safetensors file in models/loras and pick it from the list.")
+        lora_sd = load_lora_file(path, LORA_NODE)
         return (selective_lora(model, lora_sd, strength, style_strength, layers, sensitivity_table),)
 
 

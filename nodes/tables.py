@@ -5,8 +5,12 @@ import logging
 import os
 
 from ..patches.errors import ConduitError
-from ..patches.table_heatmap import render, to_comfy_image
-from ..patches.tables import SOCKET, builtin_names, resolve_table, save_table, summary
+from ..patches.safe_files import MAX_TABLE_BYTES
+from ..patches.table_heatmap import MAX_HEIGHT, MAX_WIDTH, render, to_comfy_image
+from ..patches.tables import (
+    SOCKET, check_lambda, legacy_name, load_named_table, register_folder, resolve_table, save_analysis_table,
+    summary, table_names,
+)
 
 log = logging.getLogger(__name__)
 ANALYSIS = "Conduit Sensitivity Analysis"
@@ -15,6 +19,11 @@ HEATMAP = "Conduit Sensitivity Heatmap"
 PAPER = "Conditional Balance (CVPR 2025)"
 LAMBDA_TIP = (f"lambda_S from {PAPER}: the fraction of layers counted as style layers at each timestep "
               "(0.43 -> the 30 most sensitive of SDXL's 70); values above 1 are a layer count. Default 0.43.")
+
+try:  # the conduit_tables folder exists as soon as the pack is loaded (after extra_model_paths.yaml)
+    register_folder()
+except ImportError:  # imported without a ComfyUI host (docs tooling)
+    pass
 
 
 class _TableNode:
@@ -84,7 +93,9 @@ class ConduitSensitivityAnalysis(_TableNode):
                                "'structure' tables also rank timesteps for the ControlNet gate (lambda_T)."}),
                 "filename_prefix": ("STRING", {
                     "default": "sensitivity/table",
-                    "tooltip": "Where the table JSON is written, relative to ComfyUI's output folder."}),
+                    "tooltip": "Name of the table file, as for Save Image: <prefix>_00001_.json. It is written into "
+                               "models/conduit_tables (so it appears in the list of Conduit Load Sensitivity Table) "
+                               "and a copy into ComfyUI's output folder. Default sensitivity/table."}),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "Optional images to analyse as extra groups (e.g. style "
@@ -100,7 +111,6 @@ class ConduitSensitivityAnalysis(_TableNode):
                 cfg: float, sampler_name: str, scheduler: str, width: int, height: int, seed: int, dimension: str,
                 filename_prefix: str, images=None, vae=None, images_per_group: int = 2):
         import comfy.utils
-        import folder_paths
         import nodes as comfy_nodes
 
         from ..patches.analysis import AnalysisSettings, analyse, image_items, prompt_items
@@ -124,51 +134,61 @@ class ConduitSensitivityAnalysis(_TableNode):
         bar = comfy.utils.ProgressBar(total)
         table = analyse(model, items, settings, ANALYSIS, progress=bar.update)
 
-        out_dir = folder_paths.get_output_directory()
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
-        filename = f"{name}_{counter:05}_.json"
-        save_table(table, os.path.join(folder, filename))
-        text = f"saved {os.path.join(subfolder, filename)}\n" + summary(table)
+        saved = save_analysis_table(table, filename_prefix, ANALYSIS)
+        text = (f"saved {saved['name']} (in models/conduit_tables: pick it in {LOADER}; a copy is in the output "
+                "folder)\n" + summary(table))
         log.info("%s: %s", ANALYSIS, text.splitlines()[0])
-        ui = {"text": [text], "tables": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}
+        ui = {"text": [text], "tables": [{"filename": saved["filename"], "subfolder": saved["subfolder"],
+                                          "type": "output"}], "table_names": [saved["name"]]}
         return {"ui": ui, "result": (table, text)}
 
 
 class ConduitLoadSensitivityTable(_TableNode):
-    DESCRIPTION = ("Loads a sensitivity table: one shipped with Conduit (the published Conditional Balance tables) "
-                   "or a JSON file written by the Sensitivity Analysis node. The file is validated.")
+    DESCRIPTION = ("Loads a sensitivity table by name: one shipped with Conduit (the published Conditional Balance "
+                   "tables) or a JSON file in ComfyUI's models/conduit_tables folder (where the Sensitivity Analysis "
+                   "node writes its tables; more folders through extra_model_paths.yaml, key conduit_tables). "
+                   "Only listed files are read, never a path. The file is validated.")
     OUTPUT_TOOLTIPS = ("The table, for injection or heatmap nodes.",
                        "Family, size, the layers most often selected and the timestep ranking.")
     FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
-        names = builtin_names() or ["sdxl_style_qk"]
-        return {"required": {
-            "table": (names, {"default": "sdxl_style_qk" if "sdxl_style_qk" in names else names[0],
-                              "tooltip": "A shipped table: sdxl_style_qk (the paper's main SDXL table, q/k), "
-                                         "sdxl_style_qkv (q/k/v), sd35l_style_qkv (SD3.5-Large, data only). "
-                                         "Default sdxl_style_qk."}),
-            "path": ("STRING", {"default": "",
-                                "tooltip": "Optional: a table JSON file to load instead, absolute or relative to "
-                                           "ComfyUI's output folder (e.g. sensitivity/table_00001_.json)."}),
-        }}
+        names = table_names() or ["sdxl_style_qk"]
+        return {
+            "required": {
+                "table": (names, {
+                    "default": "sdxl_style_qk" if "sdxl_style_qk" in names else names[0],
+                    "tooltip": "The table to load. Shipped: sdxl_style_qk (the paper's main SDXL table, q/k), "
+                               "sdxl_style_qkv (q/k/v), sd35l_style_qkv (SD3.5-Large, data only). Then every .json "
+                               "file in models/conduit_tables (e.g. sensitivity/table_00001_.json from the analysis "
+                               f"node; at most {MAX_TABLE_BYTES // (1024 * 1024)} MiB). Default sdxl_style_qk."}),
+            },
+            "optional": {
+                "path": ("STRING", {
+                    "default": "",
+                    "tooltip": "Legacy input of old workflows; leave empty. An old value (a file path) is mapped "
+                               "to the listed table of the same name in models/conduit_tables; the path itself is "
+                               "never opened. If no such table is listed, the node says where to put the file. "
+                               "Default empty."}),
+            },
+        }
 
-    def load(self, table: str, path: str):
-        source = table
-        if path.strip():
-            import folder_paths
-
-            p = path.strip()
-            source = p if os.path.isabs(p) else os.path.join(folder_paths.get_output_directory(), p)
-        loaded = resolve_table(source, LOADER)
+    def load(self, table: str, path: str = ""):
+        name = table
+        if isinstance(path, str) and path.strip():
+            name = legacy_name(path, LOADER)
+            if name != table:
+                log.info("%s: old path input %r loads the listed table %r.", LOADER, os.path.basename(path), name)
+        loaded = load_named_table(name, LOADER)
         return (loaded, summary(loaded))
 
 
 class ConduitSensitivityHeatmap:
     DESCRIPTION = ("Draws a sensitivity table as an image: layers (rows, UNet order, labelled) by timesteps "
                    "(columns, noisiest first), bright = more sensitive, with a white line around the lambda_S "
-                   "cut (the layers style injection would use at each step).")
+                   f"cut (the layers style injection would use at each step). The image is at most {MAX_WIDTH} x "
+                   f"{MAX_HEIGHT} pixels: long tables are drawn with neighbouring timesteps (or layers) averaged.")
     CATEGORY = "conduit/tables"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("heatmap",)
@@ -186,10 +206,11 @@ class ConduitSensitivityHeatmap:
 
     def draw(self, table, lambda_s: float, features: str):
         table = resolve_table(table, HEATMAP)
+        lambda_s = check_lambda(lambda_s, HEATMAP)
         if features != "all" and features not in table.scores:
             raise ConduitError(HEATMAP, f"the table has no {features!r} scores (it has {', '.join(table.features)}).",
                                "pick 'all' or one of the table's features.")
-        img = render(table, lambda_s, None if features == "all" else [features])
+        img = render(table, lambda_s, None if features == "all" else [features], node=HEATMAP)
         return (to_comfy_image(img),)
 
 

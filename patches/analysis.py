@@ -181,6 +181,22 @@ def check_items(items: Sequence[AnalysisItem], node: str) -> list[int]:
     return labels
 
 
+def _check_interrupt() -> None:
+    """Raise ComfyUI's InterruptProcessingException when /interrupt was called (every loop iteration)."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def _ticker(progress: Progress | None) -> Callable[..., None]:
+    """A sampler callback / grading tick: checks for an interrupt, then advances the progress bar."""
+    def tick(*_: Any) -> None:
+        _check_interrupt()
+        if progress is not None:
+            progress(1)
+    return tick
+
+
 def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
 
@@ -205,9 +221,10 @@ def collect(model_patcher, items: Sequence[AnalysisItem], settings: AnalysisSett
     hooked = collector.install(model_patcher)
     store = StatsStore(StoreShape(len(labels), collector.steps, collector.total_channels))
     channels = getattr(model_patcher.model.latent_format, "latent_channels", 4)
-    tick = (lambda *_: progress(1)) if progress is not None else None
+    tick = _ticker(progress)
     image = 0
     for item in items:
+        _check_interrupt()
         run_model = hooked.clone()
         run_model.model_options = options_with_transformer_keys(
             run_model.model_options, **{TRANSFORMER_KEY: {"group": item.group, "label": item.label}})
@@ -224,10 +241,10 @@ def collect(model_patcher, items: Sequence[AnalysisItem], settings: AnalysisSett
             if tuple(latent.shape[-2:]) != tuple(noise.shape[-2:]):
                 noise = torch.cat([_noise((1, *latent.shape[1:]), s) for s in item.seeds])
             for s in range(collector.steps):
+                _check_interrupt()
                 _sample(run_model, noise, latent, item.positive, item.negative, sigmas[s:s + 2], settings,
                         item.seeds[0], None)
-                if tick is not None:
-                    tick()
+                tick()
         buf, seen = collector.end()
         if buf is None:
             raise ConduitError(node, "the statistics hooks never ran during sampling.",
@@ -246,7 +263,7 @@ def analyse(model_patcher, items: Sequence[AnalysisItem], settings: AnalysisSett
     store, collector, labels = collect(model_patcher, items, settings, node, progress)
     t1 = time.monotonic()
     try:
-        scores = grade_store(store, labels, collector.channels, progress=progress, device=grade_device)
+        scores = grade_store(store, labels, collector.channels, progress=_ticker(progress), device=grade_device)
         timesteps = model_timesteps(model_patcher, collector.sigmas)
         missing = [s for s in range(collector.steps) if math.isnan(float(scores["q"][s, 0]))]
     finally:

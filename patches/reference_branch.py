@@ -180,9 +180,12 @@ class InvertedReference(NoisedReference):
         grid = [0.0] + torch.logspace(torch.tensor(s_min).log10(), torch.tensor(top).log10(),
                                       self.steps).tolist()[: self.steps]
         grid[-1] = top
+        import comfy.model_management as mm
+
         xs = [lat]
         x = lat
         for s0, s1 in zip(grid[:-1], grid[1:]):
+            mm.throw_exception_if_processing_interrupted()  # /interrupt stops the inversion between model calls
             s_eval = max(s0, s_min)
             st = torch.full((1,), s_eval, dtype=like.dtype, device=like.device)
             c1["transformer_options"]["sigmas"] = st

@@ -11,11 +11,29 @@ from typing import Any
 import torch
 
 from . import style_math
+from .safe_files import MAX_LORA_BYTES, load_safetensors, refuse_unless_safetensors
 from .tables import SensitivityTable
 
 log = logging.getLogger(__name__)
 
 MODES = ("style layers", "content layers")
+
+
+LORA_FIX = ("pick a complete .safetensors LoRA from models/loras (download it again if it was cut short; convert "
+            ".pt/.ckpt files to .safetensors with a tool you trust).")
+
+
+def check_lora_name(name: str, node: str) -> str:
+    """The LoRA's list name, when it names a .safetensors/.sft file; pickles (.pt, .ckpt, ...) are refused."""
+    return refuse_unless_safetensors(name, node, "LoRA file")
+
+
+def load_lora_file(path: str, node: str) -> dict[str, torch.Tensor]:
+    """The tensors of a LoRA .safetensors file, after safe_files has checked it; never unpickles.
+
+    Only regular files of at most MAX_LORA_BYTES; the header length, header JSON and every tensor's byte
+    range are checked before the safetensors library reads the file; its errors become ConduitErrors."""
+    return load_safetensors(path, node, "LoRA file", LORA_FIX, max_bytes=MAX_LORA_BYTES)
 
 
 def static_style_layers(table: SensitivityTable, strength: float) -> list[tuple]:

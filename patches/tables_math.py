@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .errors import ConduitError
+from .safe_files import MAX_TABLE_BYTES, read_json
 
 SCHEMA_ID = "conduit.sensitivity_table"
 TABLE_VERSION = 1
@@ -62,6 +63,8 @@ class SensitivityTable:
 
     def count_for(self, fraction: float) -> int:
         """CB's λ rule: 0 < λ ≤ 1 is a fraction of the layers (int(λ·L)); λ > 1 is a layer count."""
+        if not math.isfinite(fraction):
+            raise ValueError(f"lambda must be a finite number, got {fraction!r}")
         if fraction <= 0:
             return 0
         if fraction <= 1:
@@ -107,6 +110,12 @@ def _bad(node: str, problem: str) -> ConduitError:
     return ConduitError(node, f"sensitivity table is invalid: {problem}.", FIX_REGENERATE)
 
 
+def _r(value: Any, limit: int = 60) -> str:
+    """repr of a value from a file, cut short (a hostile file must not blow up the error message)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -115,26 +124,34 @@ def _is_number(x: Any) -> bool:
     return (isinstance(x, (int, float)) and not isinstance(x, bool))
 
 
+def _finite(x: Any) -> bool:
+    """A number that is a finite float64 (an int too large for a float64 is not)."""
+    try:
+        return _is_number(x) and math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def parse_table(data: Any, node: str = ANALYSIS_NODE) -> SensitivityTable:
     """Check every field of a decoded table file and build the table; ConduitError on any defect."""
     if not isinstance(data, Mapping):
         raise _bad(node, f"expected a JSON object, got {type(data).__name__}")
     if data.get("schema") != SCHEMA_ID:
-        raise _bad(node, f"'schema' must be {SCHEMA_ID!r}, got {data.get('schema')!r}")
+        raise _bad(node, f"'schema' must be {SCHEMA_ID!r}, got {_r(data.get('schema'))}")
     required = ("version", "family", "dimension", "direction", "layer_keys", "timesteps", "scores")
     missing = [k for k in required if k not in data]
     if missing:
         raise _bad(node, f"missing field(s) {', '.join(missing)}")
     version = data["version"]
     if not _is_int(version) or version < 1 or version > TABLE_VERSION:
-        raise _bad(node, f"version {version!r} is not supported (this Conduit reads versions 1..{TABLE_VERSION})")
+        raise _bad(node, f"version {_r(version)} is not supported (this Conduit reads versions 1..{TABLE_VERSION})")
     family = data["family"]
     if not isinstance(family, str) or not family:
         raise _bad(node, "'family' must be a non-empty string")
     if data["dimension"] not in DIMENSIONS:
-        raise _bad(node, f"'dimension' must be one of {DIMENSIONS}, got {data['dimension']!r}")
+        raise _bad(node, f"'dimension' must be one of {DIMENSIONS}, got {_r(data['dimension'])}")
     if data["direction"] not in DIRECTIONS:
-        raise _bad(node, f"'direction' must be one of {DIRECTIONS}, got {data['direction']!r}")
+        raise _bad(node, f"'direction' must be one of {DIRECTIONS}, got {_r(data['direction'])}")
 
     raw_keys = data["layer_keys"]
     if not isinstance(raw_keys, list) or not raw_keys:
@@ -143,7 +160,7 @@ def parse_table(data: Any, node: str = ANALYSIS_NODE) -> SensitivityTable:
     for i, k in enumerate(raw_keys):
         if (not isinstance(k, list) or len(k) != 3 or k[0] not in BLOCK_NAMES
                 or not _is_int(k[1]) or not _is_int(k[2]) or k[1] < 0 or k[2] < 0):
-            raise _bad(node, f"layer_keys[{i}] = {k!r} is not [block, id, index] with block in {BLOCK_NAMES}")
+            raise _bad(node, f"layer_keys[{i}] = {_r(k)} is not [block, id, index] with block in {BLOCK_NAMES}")
         keys.append((k[0], k[1], k[2]))
     if len(set(keys)) != len(keys):
         raise _bad(node, "'layer_keys' has duplicates")
@@ -156,8 +173,9 @@ def parse_table(data: Any, node: str = ANALYSIS_NODE) -> SensitivityTable:
         raise _bad(node, f"'source_names' has {len(names)} entries for {n_layers} layers")
 
     timesteps = data["timesteps"]
-    if not isinstance(timesteps, list) or not timesteps or any(not _is_int(t) for t in timesteps):
-        raise _bad(node, "'timesteps' must be a non-empty list of integers")
+    if (not isinstance(timesteps, list) or not timesteps
+            or any(not _is_int(t) or not -2 ** 63 <= t < 2 ** 63 for t in timesteps)):
+        raise _bad(node, "'timesteps' must be a non-empty list of integers (64-bit)")
     if len(set(timesteps)) != len(timesteps):
         raise _bad(node, "'timesteps' has duplicates")
 
@@ -167,7 +185,7 @@ def parse_table(data: Any, node: str = ANALYSIS_NODE) -> SensitivityTable:
     scores: dict[str, torch.Tensor] = {}
     for feature, rows in raw_scores.items():
         if feature not in FEATURES:
-            raise _bad(node, f"unknown feature {feature!r} in 'scores' (expected {FEATURES})")
+            raise _bad(node, f"unknown feature {_r(feature)} in 'scores' (expected {FEATURES})")
         if not isinstance(rows, list) or len(rows) != len(timesteps):
             got = len(rows) if isinstance(rows, list) else type(rows).__name__
             raise _bad(node, f"scores[{feature!r}] has {got} rows for {len(timesteps)} timesteps")
@@ -175,7 +193,7 @@ def parse_table(data: Any, node: str = ANALYSIS_NODE) -> SensitivityTable:
             if not isinstance(row, list) or len(row) != n_layers:
                 got = len(row) if isinstance(row, list) else type(row).__name__
                 raise _bad(node, f"scores[{feature!r}][{r}] has {got} values for {n_layers} layers")
-            if any(not _is_number(x) or not math.isfinite(x) for x in row):
+            if not all(_finite(x) for x in row):
                 raise _bad(node, f"scores[{feature!r}][{r}] holds a non-finite or non-numeric value")
         scores[feature] = torch.tensor(rows, dtype=torch.float64)
 
@@ -188,19 +206,16 @@ def parse_table(data: Any, node: str = ANALYSIS_NODE) -> SensitivityTable:
 
 
 def load_table(source: str | os.PathLike | Mapping[str, Any], node: str = ANALYSIS_NODE) -> SensitivityTable:
-    """A table from a JSON file path or an already-decoded dict."""
+    """A table from a JSON file path or an already-decoded dict.
+
+    The path is read as it is given (the command line and Python callers choose their own files); nodes never
+    pass user paths here, they resolve table names inside the allowed folders first (patches/tables.py). The
+    file must be a regular file of at most MAX_TABLE_BYTES, with the JSON depth and number limits of
+    safe_files; every failure is a ConduitError."""
     if isinstance(source, Mapping):
         return parse_table(source, node)
-    path = os.fspath(source)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise ConduitError(node, f"sensitivity table file {path!r} does not exist.",
-                           "check the path, or " + FIX_REGENERATE) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConduitError(node, f"sensitivity table file {os.path.basename(path)!r} is not valid JSON ({exc}).",
-                           FIX_REGENERATE) from None
+    fix = "pick a table file written by the analysis node, or " + FIX_REGENERATE
+    data = read_json(source, node, "sensitivity table file", fix, max_bytes=MAX_TABLE_BYTES)
     return parse_table(data, node)
 
 
@@ -280,18 +295,46 @@ def comfy_order(keys: Sequence[LayerKey]) -> list[int]:
     return sorted(range(len(keys)), key=lambda c: (rank[keys[c][0]], keys[c][1], keys[c][2]))
 
 
+LAMBDA_MAX = 200.0  # the largest lambda_S the nodes accept (above 1 it is a layer count)
+
+
+def check_lambda(value: Any, node: str, name: str = "lambda_s", maximum: float = LAMBDA_MAX) -> float:
+    """value as a float when it is a finite number in [0, maximum]; else a ConduitError naming the input."""
+    ok = _is_number(value) and math.isfinite(value) and 0 <= value <= maximum
+    if not ok:
+        raise ConduitError(node, f"{name} must be a finite number from 0 to {maximum:g} (a fraction of the layers "
+                           f"up to 1, a layer count above 1), got {value!r}.",
+                           f"set {name} to e.g. 0.43 (the paper's value).")
+    return float(value)
+
+
+def short_text(text: str, limit: int = 40) -> str:
+    """text cut to limit characters (table names and labels shown in summaries and heatmaps)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cut_counts(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """[L] int: in how many rows of scores [T, L] each column is among the count lowest (stable ties). One sort
+    of all rows at once: O(T·L·log L), linear in the table size for a fixed layer count."""
+    n_layers = scores.shape[1]
+    if count <= 0:
+        return torch.zeros(n_layers, dtype=torch.long)
+    idx = torch.sort(scores, dim=1, stable=True).indices[:, :count]
+    return torch.bincount(idx.reshape(-1), minlength=n_layers)
+
+
 def summary(table: SensitivityTable, lambda_s: float = 0.43) -> str:
-    """Human-readable digest: shape, the layers most often inside the λS cut, and the timestep ranking."""
+    """Human-readable digest: shape, the layers most often inside the λS cut, and the timestep ranking.
+
+    Linear in the table size (one batched sort per feature; no per-timestep lookups)."""
     n = table.count_for(lambda_s)
-    lines = [f"{table.family} {table.dimension} table: {table.num_layers} layers x {len(table.timesteps)} "
+    n_steps = len(table.timesteps)
+    lines = [f"{short_text(table.family)} {table.dimension} table: {table.num_layers} layers x {n_steps} "
              f"timesteps, features {', '.join(table.features)}; lambda_S {lambda_s:g} -> {n} layers per step"]
     for f in table.features:
-        counts = [0] * table.num_layers
-        for t in table.timesteps:
-            for c in table.ranking(f, t)[:n]:
-                counts[c] += 1
+        counts = cut_counts(table.scores[f], n).tolist()
         best = sorted(range(table.num_layers), key=lambda c: (-counts[c], c))[: min(12, max(n, 1))]
-        picked = ", ".join(f"{key_short(table.layer_keys[c])} ({counts[c]}/{len(table.timesteps)})" for c in best)
+        picked = ", ".join(f"{key_short(table.layer_keys[c])} ({counts[c]}/{n_steps})" for c in best)
         lines.append(f"{f}: most often selected: {picked}")
         ranked = table.timestep_ranking(f)
         lines.append(f"{f}: timesteps by mean score (most sensitive first): "

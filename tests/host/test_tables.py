@@ -183,15 +183,18 @@ def test_empty_or_single_groups_get_a_clear_error(tiny_sdxl):
         assert str(exc.value).startswith("[Conduit Sensitivity Analysis]") and "Fix:" in str(exc.value)
 
 
-def test_analysis_node_writes_a_table_and_heatmap_draws_it(pack, tiny_sdxl, tmp_path):
+def test_analysis_node_writes_a_table_and_heatmap_draws_it(pack, tiny_sdxl, tmp_path, monkeypatch):
     import folder_paths
 
     nodes = pack_module("nodes.tables").NODE_CLASS_MAPPINGS
     clip = build.build_clip("sdxl", 1)
     vae = build.build_vae(2)
     images = torch.rand(4, 64, 64, 3)
+    table_dir = tmp_path / "conduit_tables"
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "conduit_tables", ([str(table_dir)], {".json"}))
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path))  # default folder = tmp_path/conduit_tables
     old = folder_paths.get_output_directory()
-    folder_paths.set_output_directory(str(tmp_path))
+    folder_paths.set_output_directory(str(tmp_path / "output"))
     try:
         out = nodes["ConduitSensitivityAnalysis"]().analyse(
             tiny_sdxl.model, clip, "oil painting | impasto\nwatercolor\n# ignored line\n", "a rabbit", "", 2, 2,
@@ -201,10 +204,17 @@ def test_analysis_node_writes_a_table_and_heatmap_draws_it(pack, tiny_sdxl, tmp_
         folder_paths.set_output_directory(old)
     table, text = out["result"]
     saved = out["ui"]["tables"][0]
-    path = tmp_path / saved["subfolder"] / saved["filename"]
+    path = tmp_path / "output" / saved["subfolder"] / saved["filename"]
     assert path.exists() and saved["filename"] in text
     again = tables.load_table(path)
     assert again.to_json() == table.to_json() and again.dimension == "structure"
+    # the same file is in conduit_tables, listed by the loader under its output-relative name
+    (name,) = out["ui"]["table_names"]
+    assert name == "sens/" + saved["filename"] and (table_dir / name).read_bytes() == path.read_bytes()
+    loader = nodes["ConduitLoadSensitivityTable"]
+    assert name in loader.INPUT_TYPES()["required"]["table"][0]
+    listed, _ = loader().load(name)
+    assert listed.to_json() == table.to_json()
     # 3 prompts x 2 samples in groups 0, 1, then 4 images in groups 2, 3
     assert table.provenance["groups"] == [["oil painting", "impasto"], ["watercolor"], ["image 1", "image 2"],
                                           ["image 3", "image 4"]]
@@ -217,10 +227,12 @@ def test_analysis_node_writes_a_table_and_heatmap_draws_it(pack, tiny_sdxl, tmp_
             images=images, vae=None)
     loaded, summary = nodes["ConduitLoadSensitivityTable"]().load("sdxl_style_qk", "")
     assert loaded.num_layers == 70 and "o1.9" in summary
-    bad = tmp_path / "bad.json"
+    bad = table_dir / "bad.json"
     bad.write_text(json.dumps({"schema": "conduit.sensitivity_table"}))
     with pytest.raises(errors.ConduitError, match="Load Sensitivity Table.*missing field"):
-        nodes["ConduitLoadSensitivityTable"]().load("sdxl_style_qk", str(bad))
+        nodes["ConduitLoadSensitivityTable"]().load("bad.json")
+    with pytest.raises(errors.ConduitError, match="Load Sensitivity Table.*missing field"):
+        nodes["ConduitLoadSensitivityTable"]().load("sdxl_style_qk", str(tmp_path / "elsewhere" / "bad.json"))
 
 
 SD15_FULL_UNET = {**build.SD15_UNET, "model_channels": 320, "channel_mult": [1, 2, 4, 4],
