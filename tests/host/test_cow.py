@@ -1,5 +1,6 @@
 """COW against ComfyUI's real sampler: inversion round trip, one-way property, preservation, UNet budget."""
 import logging
+import math
 
 import pytest
 import torch
@@ -41,11 +42,11 @@ def latents(seed_obj, gen_seed=7):
 
 
 def run_cow(tiny, mode="crop alone", steps=10, cycles=10, observer=None, seed=42, renoise="exact", cfg=7.5,
-            suppress=None, diversity=None, preservation=0.4, model=None):
+            suppress=None, diversity=None, preservation=0.4, model=None, canvas=CANVAS, box=(32, 0, 64, 64)):
     m = model or tiny.model
     pos, neg = tiny.cond(seed=0), tiny.cond(seed=1)
     sig = schedule(m, steps)
-    *_, seed_obj = seeded()
+    *_, seed_obj = seeded(box=box, canvas=canvas)
     crop, canvas = latents(seed_obj)
     inv, _ = cow.ConduitCOWInvert().invert(m, pos, neg, sig, seed_obj, mode, cfg, 0.7, crop_latent=crop,
                                            canvas_latent=canvas)
@@ -161,10 +162,59 @@ def test_deterministic_seeded_and_model_untouched(tiny_sd15):
     assert torch.equal(plain, testing.sample(m, pos, neg, latent_hw=(12, 16), steps=3))
 
 
-def test_renoise_modes_differ_and_reference_mode_runs(tiny_sd15):
-    a, _ = run_cow(tiny_sd15, cycles=1)
-    b, _ = run_cow(tiny_sd15, cycles=1, renoise="reference-compatible")
-    assert torch.isfinite(b).all() and not torch.allclose(a, b)
+def ddpm_alphas_cumprod():
+    """SD's scaled-linear DDPM schedule, written out here (not read from ComfyUI)."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def renoise_events(tiny, renoise, cycles=3):
+    """(latent before, latent after) for every renoise op of a run that has an observed latent before it
+    (cycles 2.. : the previous cycle's last injection), on a 256x192 canvas (3072 latent values each)."""
+    seen = []
+    run_cow(tiny, cycles=cycles, renoise=renoise, canvas=(256, 192), box=(64, 0, 128, 128),
+            observer=lambda op, x: seen.append((op, x.detach().double().clone())))
+    events = []
+    for (prev_op, before), (op, after) in zip(seen, seen[1:]):
+        if op.kind == "renoise":
+            assert prev_op.kind == "inject" and prev_op.level == 5 and op.level == 3
+            events.append((before, after))
+    assert len(events) == cycles - 1
+    return events
+
+
+def test_renoise_modes_match_their_closed_forms(tiny_sd15):
+    """Each cycle renoises level 5 (timestep 401 of ddim_uniform, 10 steps) to level 3 (timestep 601).
+
+    exact: x + sqrt(s601^2 - s401^2) * eps, i.e. DDPM's q(x_601 | x_401) in sigma form.
+    reference-compatible (spec 1.3): the official mix x_ddpm * sqrt(a701/a501) + sqrt(1 - a701/a501) * eps,
+    with the alphas one level too noisy, applied to the DDPM latent at 401 and read as a latent at 601:
+    in sigma form x * 0.888 + 2.10 * eps. Both modes draw the same noise (same seed, same draws before), so
+    the noise recovered from the exact run must rebuild the reference run exactly."""
+    ab = ddpm_alphas_cumprod()
+    a401, a501, a601, a701 = (float(ab[t]) for t in (401, 501, 601, 701))
+    sig = lambda a: math.sqrt((1 - a) / a)  # noqa: E731
+    ours = [float(s) for s in schedule(tiny_sd15.model, 10)]
+    want_sig = [sig(float(ab[t])) for t in range(901, 0, -100)] + [0.0]
+    assert ours == pytest.approx(want_sig, rel=1e-3)  # the model's ddim_uniform levels are these timesteps
+    exact_b = math.sqrt(sig(a601) ** 2 - sig(a401) ** 2)
+    ref_a = math.sqrt(a701 / a501) * math.sqrt(a401 / a601)
+    ref_b = math.sqrt(1 - a701 / a501) / math.sqrt(a601)
+    assert (exact_b, ref_a, ref_b) == pytest.approx((1.97, 0.888, 2.10), abs=0.01)  # the spec's numbers
+
+    exact = renoise_events(tiny_sd15, "exact")
+    ref = renoise_events(tiny_sd15, "reference-compatible")
+    for (be, ae), (br, ar) in zip(exact, ref):
+        eps = (ae - be) / exact_b  # exact mode keeps the signal: what is left is the noise
+        x = be.flatten() - be.mean()
+        corr = float((x * eps.flatten()).sum() / (x.norm() * eps.flatten().norm()))
+        assert abs(corr) < 0.06, corr  # a signal factor != 1 would leave be in it
+        assert float(eps.std()) == pytest.approx(1.0, rel=0.03) and abs(float(eps.mean())) < 0.06
+        rebuilt = ref_a * br + ref_b * eps
+        assert torch.allclose(ar, rebuilt, atol=2e-4 * float(ar.abs().max())), (ar - rebuilt).abs().max()
+        without_offset = br + exact_b * eps  # the same renoise without the off-by-one: not what it does
+        assert (ar - without_offset).abs().max() > 0.1
+    assert not torch.allclose(exact[0][1], ref[0][1])
 
 
 def test_masked_cfg_reduces_to_plain_cfg_when_prompts_cancel(tiny_sd15):
