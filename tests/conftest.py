@@ -44,7 +44,7 @@ def mllm_stub():
     from conduit.pack import pack_module
     from tests.mllm_stub import StubMLLM
 
-    mc = pack_module("patches.mllm_client")
+    mc = pack_module("patches.planner")
     mc.clear_cache()
     stub = StubMLLM().start()
     yield stub

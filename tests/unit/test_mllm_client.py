@@ -8,7 +8,7 @@ import pytest
 
 from conduit.pack import pack_module
 
-mc = pack_module("patches.mllm_client")
+mc = pack_module("patches.planner")
 errors = pack_module("patches.errors")
 
 NODE = "Test MLLM"
@@ -190,6 +190,6 @@ def test_client_imports_without_comfyui():
     from conduit.host import REPO_ROOT
 
     code = ("import sys; sys.path.insert(0, '.'); from conduit.pack import pack_module; "
-            "pack_module('patches.mllm_client'); "
+            "pack_module('patches.planner'); "
             "bad = [k for k in sys.modules if k == 'comfy' or k.startswith('comfy.')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
