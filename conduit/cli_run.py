@@ -1,152 +1,88 @@
-"""`run`, `ui` and `demo` commands: drive ComfyUI headless over its HTTP API."""
+"""`run`, `ui` and `demo` commands: drive ComfyUI headless over its HTTP API.
+
+The job model (graphs, seeds, servers, running and cleaning up) is conduit/jobs.py; this module only reads
+the command line, checks it (every mistake is one line on stderr and exit status 2), and reports.
+"""
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import signal
 import sys
 import threading
-import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import workflow
-from .client import ComfyClient, ComfyError
-from .host import find_host
-from .inputs import IMAGES, png_bytes
-from .server import TEST_NODES, ComfyServer
-
-log = logging.getLogger(__name__)
+from . import overrides, workflow
+from .demo import run_demo
+from .errors import UsageError
+from .jobs import MODELS, Job, check_server_has, open_servers, parse_seeds, prepare_graph, run_jobs
 
 
-@dataclass
-class Job:
-    name: str
-    graph: dict
-    seed: int | None = None
-    outputs: list[Path] = field(default_factory=list)
-    error: str | None = None
-    seconds: float = 0.0
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, e.g. --timeout 600") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds, e.g. --timeout 600")
+    return value
 
 
-def parse_seeds(text: str | None) -> list[int | None]:
-    """'0-7' or '1,5,9' -> seeds; None keeps the workflow's own seed."""
-    if not text:
-        return [None]
-    seeds: list[int | None] = []
-    for part in text.split(","):
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            seeds += list(range(int(lo), int(hi) + 1))
-        else:
-            seeds.append(int(part))
-    return seeds
+def plan_jobs(args: argparse.Namespace) -> tuple[str, dict, list[overrides.Assignment], list[int | None]]:
+    """Everything that can be checked without a server: the workflow, --set syntax and node ids, --seeds."""
+    path = workflow.resolve_workflow(args.workflow)
+    base = workflow.load_api(path)
+    name = workflow.workflow_name(path)
+    sets = [overrides.parse_set(text, base) for text in args.set]
+    overrides.check_nodes(sets, base, name)
+    seeds = parse_seeds(args.seeds)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot create that folder ({exc.strerror or exc}); "
+                         "give a folder you can write to") from None
+    if seeds != [None] and not workflow.set_seeds(prepare_graph(base, args.model), 0):
+        raise UsageError(f"--seeds {args.seeds}: {name} has no seed input to set; drop --seeds")
+    return name, base, sets, seeds
 
 
-def upload_inputs(client: ComfyClient) -> None:
-    """Send the procedurally drawn example inputs through /upload/image (works on remote servers too)."""
-    import uuid
-    from urllib import request
-
-    for name in IMAGES:
-        boundary = uuid.uuid4().hex
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n"
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-                "Content-Type: image/png\r\n\r\n").encode() + png_bytes(name) + f"\r\n--{boundary}--\r\n".encode()
-        req = request.Request(client.base + "/upload/image", data=body,
-                              headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        with request.urlopen(req, timeout=60) as r:
-            r.read()
-
-
-def prepare_graph(graph: dict, model: str, sets: list[str]) -> dict:
-    if model == "embedded":
-        graph = workflow.use_demo_model(graph)
-    elif model.startswith("tiny-"):
-        graph = workflow.swap_loaders(graph, model[len("tiny-"):])
-    for text in sets:
-        node_id, name, value = workflow.parse_assignment(text)
-        workflow.set_input(graph, node_id, name, value)
-    return graph
-
-
-def _progress(prefix: str):
-    def show(data: dict) -> None:
-        value, total = data.get("value", 0), data.get("max", 1) or 1
-        filled = int(30 * value / total)
-        sys.stderr.write(f"\r{prefix} [{'#' * filled}{'.' * (30 - filled)}] {value}/{total}")
-        sys.stderr.flush()
-    return show
-
-
-def run_jobs(jobs: list[Job], clients: list[ComfyClient], out_dir: Path) -> None:
-    """Spread jobs round-robin over the servers, one worker thread per server."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    queues = [jobs[i::len(clients)] for i in range(len(clients))]
-
-    def work(client: ComfyClient, queue: list[Job]) -> None:
-        for job in queue:
-            t0 = time.monotonic()
-            label = f"{job.name}" + (f" seed {job.seed}" if job.seed is not None else "")
-            try:
-                result = client.wait(client.submit(job.graph), _progress(f"{label} @ {client.base}"))
-                stem = f"{job.name}" + (f"_s{job.seed}" if job.seed is not None else "")
-                for filename, data in client.images(result):
-                    path = out_dir / f"{stem}_{filename}"
-                    path.write_bytes(data)
-                    job.outputs.append(path)
-                texts = [t for o in result.outputs.values() for t in o.get("text", [])]
-                if texts:
-                    path = out_dir / f"{stem}_text.txt"
-                    path.write_text("\n\n".join(str(t) for t in texts))
-                    job.outputs.append(path)
-            except (ComfyError, OSError, TimeoutError) as exc:
-                job.error = str(exc)
-            job.seconds = time.monotonic() - t0
-            sys.stderr.write(f"\r{label}: {'FAILED ' + job.error[:200] if job.error else 'ok'} "
-                             f"({job.seconds:.1f}s)\n")
-
-    threads = [threading.Thread(target=work, args=(c, q)) for c, q in zip(clients, queues) if q]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-
-def _servers(stack: ExitStack, urls: list[str], load_test_nodes: bool) -> list[ComfyClient]:
-    if urls:
-        clients = [ComfyClient(u) for u in urls]
-        for c in clients:
-            if not c.alive():
-                raise SystemExit(f"ComfyUI at {c.base} does not answer; start it or drop that --server.")
-            upload_inputs(c)
-        return clients
-    host = find_host()
-    extra = [TEST_NODES] if load_test_nodes else []
-    server = stack.enter_context(ComfyServer(host, extra_node_dirs=extra))
-    log.info("started %s on %s", host.describe(), server.url)
-    client = server.client()
-    upload_inputs(client)
-    return [client]
+def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    base = workflow.load_api(args.workflow)
-    name = workflow.api_path(args.workflow).name.replace(".api.json", "").replace(".json", "")
-    jobs = []
-    for seed in parse_seeds(args.seeds):
-        graph = prepare_graph(json.loads(json.dumps(base)), args.model, args.set)
-        if seed is not None and not workflow.set_seeds(graph, seed):
-            raise SystemExit(f"--seeds given but {name} has no seed input to set")
-        jobs.append(Job(name, graph, seed))
-    with ExitStack() as stack:
-        clients = _servers(stack, args.server, args.model.startswith("tiny-"))
-        run_jobs(jobs, clients, Path(args.out))
-    failed = [j for j in jobs if j.error]
+    name, base, sets, seeds = plan_jobs(args)
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C (even where a shell started us with SIGINT ignored) and `kill` both cancel and clean up
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    jobs: list[Job] = []
+    try:
+        with ExitStack() as stack:
+            clients = open_servers(stack, args.server, args.model.startswith("tiny-"), timeout=args.timeout)
+            graphs = []
+            for client in clients:  # every server must have the nodes and accept every --set
+                info = client.object_info()
+                check_server_has(prepare_graph(base, args.model), info, client.base, args.model)
+                graphs.append(prepare_graph(base, args.model, sets, info))
+            graph = graphs[0]
+            for seed in seeds:
+                g = json.loads(json.dumps(graph))
+                if seed is not None:
+                    workflow.set_seeds(g, seed)
+                jobs.append(Job(name, g, seed))
+            run_jobs(jobs, clients, Path(args.out))
+    except KeyboardInterrupt:
+        left = [j for j in jobs if j.cleanup and j.cleanup not in ("removed from the queue", "interrupted")]
+        print(f"cancelled; {'nothing left on the servers' if not left else 'check the servers: '}"
+              + "; ".join(f"{j.label}: {j.cleanup}" for j in left), file=sys.stderr)
+        return 130
     for j in jobs:
         for p in j.outputs:
             print(p)
+    failed = [j for j in jobs if j.error]
     if failed:
         print(f"{len(failed)} of {len(jobs)} runs failed", file=sys.stderr)
         return 1
@@ -155,42 +91,49 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Complete an API workflow with default widget values and write its UI-format twin next to it."""
+    paths = [workflow.resolve_workflow(name) for name in args.workflows]
     with ExitStack() as stack:
-        (client,) = _servers(stack, [args.server] if args.server else [], load_test_nodes=False)
+        (client,) = open_servers(stack, [args.server] if args.server else [])
         info = client.object_info()
-    for name in args.workflows:
-        path = workflow.api_path(name)
-        api = json.loads(path.read_text())
+    for path in paths:
+        api = workflow.load_api(path)
         ui = workflow.ui_from_api(api, info)
         complete = workflow.api_from_ui(ui, info)
         for nid, node in api.items():  # keep titles
             if "_meta" in node:
                 complete[nid]["_meta"] = node["_meta"]
         path.write_text(json.dumps(complete, indent=1) + "\n")
-        ui_path = path.with_name(path.name.replace(".api.json", ".json"))
+        ui_path = path.with_name(workflow.workflow_name(path) + ".json")
         ui_path.write_text(json.dumps(ui, indent=1) + "\n")
         print(f"{path.name} -> {ui_path.name}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     return run_demo(Path(args.out), args.model, args.server)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    run = sub.add_parser("run", help="run an API-format workflow headless and save its outputs")
-    run.add_argument("workflow", help="a workflows/<name>.api.json path or just <name>")
+    run = sub.add_parser("run", help="run an API-format workflow headless and save its outputs",
+                         description="Run an API-format workflow headless and save its outputs. Mistakes are "
+                                     "reported in one line (exit status 2) before anything is queued; a failed, "
+                                     "cancelled (Ctrl-C) or timed-out run takes its prompt off the server.")
+    run.add_argument("workflow", help="a short name (seg_sdxl, or a unique prefix such as seg) or a path to an "
+                                      "API-format workflow (with or without .api.json)")
     run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
-                     help="override an input before submitting (JSON values; repeatable)")
+                     help="override an input before submitting, e.g. --set 6.cfg=4.0 (JSON values; repeatable); "
+                          "checked against the server's node definitions")
     run.add_argument("--server", action="append", default=[], metavar="URL",
-                     help="use these running ComfyUI servers (repeatable; runs are spread across them). "
-                          "Default: start a local one.")
+                     help="use these running ComfyUI servers (http://host:port, or just host:port; repeatable; "
+                          "runs are spread across them). Default: start a local one.")
     run.add_argument("--seeds", help="run once per seed, e.g. 0-7 or 1,5,9 (sets every seed input)")
-    run.add_argument("--model", default="embedded",
-                     help="embedded (default: the pack's demo toy model), keep (the workflow's own loaders), "
+    run.add_argument("--model", default="embedded", choices=MODELS,
+                     help="embedded (default: the pack's demo toy model, at its own 64x64 size and 12 steps "
+                          "unless --set says otherwise), keep (the workflow's own loaders), "
                           "or tiny-sdxl / tiny-sd15 (random-weight test models; local server only)")
+    run.add_argument("--timeout", type=_positive_seconds, default=600.0, metavar="SECONDS",
+                     help="give up on a run after this long from submission, and take it off the server "
+                          "(default 600)")
     run.add_argument("--out", default="out", help="folder for the outputs (default: out)")
     run.set_defaults(func=cmd_run)
 
@@ -201,8 +144,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     demo = sub.add_parser("demo", help="run every example workflow on the embedded model; write out/")
     demo.add_argument("--out", default="out")
-    demo.add_argument("--model", default="embedded")
+    demo.add_argument("--model", default="embedded", choices=MODELS)
     demo.add_argument("--server", action="append", default=[])
     demo.set_defaults(func=cmd_demo)
-
-

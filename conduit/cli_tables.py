@@ -11,9 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from urllib import parse
+
+from . import workflow
+from .host import REPO_ROOT, find_host, import_host
+from .jobs import Job, open_servers, parse_seeds, prepare_graph, run_jobs
+from .pack import import_pack, pack_module
 
 log = logging.getLogger(__name__)
 WORKFLOW = "sensitivity_analysis"
@@ -22,15 +28,11 @@ NODE_CLASS = "ConduitSensitivityAnalysis"
 
 def _tables_math():
     """patches/tables_math.py without ComfyUI (the pack's package import needs a host)."""
-    from .pack import pack_module
-
     return pack_module("patches.tables_math")
 
 
 def _load(source: str | Path):
     tm = _tables_math()
-    from .host import REPO_ROOT
-
     shipped = REPO_ROOT / "sensitivity_tables" / f"{source}.json"
     path = shipped if not Path(source).exists() and shipped.exists() else Path(source)
     return tm.load_table(path, "conduit CLI")
@@ -39,8 +41,6 @@ def _load(source: str | Path):
 def render_heatmap(table_path: str | Path, out_png: str | Path, lambda_s: float = 0.43,
                    features: list[str] | None = None) -> Path:
     """Draw a table file (or a shipped table name) as a PNG heatmap; used by `make demo`."""
-    from .pack import pack_module
-
     table = _load(table_path)
     img = pack_module("patches.table_heatmap").render(table, lambda_s, features)
     out = Path(out_png)
@@ -72,8 +72,6 @@ def _read_groups(text: str) -> str:
 
 def analysis_graph(groups: str, seed: int, args: argparse.Namespace) -> dict:
     """The shipped analysis workflow with this experiment's inputs; usable by any headless runner."""
-    from . import workflow
-
     graph = workflow.load_api(WORKFLOW)
     values = {"groups": groups, "seed": seed, "content": args.content, "negative": args.negative,
               "samples_per_group": args.samples, "steps": args.steps, "cfg": args.cfg,
@@ -86,8 +84,6 @@ def analysis_graph(groups: str, seed: int, args: argparse.Namespace) -> dict:
 
 def fetch_tables(client: Any, result: Any) -> list[dict]:
     """Download the table files an analysis run reported (ui 'tables') from that server."""
-    from urllib import parse
-
     out = []
     for node_out in result.outputs.values():
         for ref in node_out.get("tables", []):
@@ -99,45 +95,28 @@ def fetch_tables(client: Any, result: Any) -> list[dict]:
 
 def analyse_on_servers(groups: str, seeds: list[int], args: argparse.Namespace) -> list:
     """One analysis per seed, spread round-robin over the servers (or a local one), tables fetched back."""
-    import threading
-    from contextlib import ExitStack
-
-    from .cli_run import _servers, prepare_graph
-
     tm = _tables_math()
-    tables: dict[int, Any] = {}
-    errors: list[str] = []
+
+    def collect(job: Job, client: Any, result: Any) -> None:
+        (data,) = fetch_tables(client, result)
+        job.result = tm.parse_table(data, "conduit CLI")
+        log.info("seed %d done on %s", job.seed, client.base)
+
+    # the analysis sizes and steps come from this command's own flags, so no demo-size override here
+    jobs = [Job("analysis", prepare_graph(analysis_graph(groups, seed, args), args.model, demo_size=False), seed)
+            for seed in seeds]
     with ExitStack() as stack:
-        clients = _servers(stack, args.server, args.model.startswith("tiny-"))
-        queues = [seeds[i::len(clients)] for i in range(len(clients))]
-
-        def work(client, queue):
-            for seed in queue:
-                graph = prepare_graph(analysis_graph(groups, seed, args), args.model, [])
-                try:
-                    result = client.wait(client.submit(graph))
-                    (data,) = fetch_tables(client, result)
-                    tables[seed] = tm.parse_table(data, "conduit CLI")
-                    log.info("seed %d done on %s", seed, client.base)
-                except Exception as exc:  # noqa: BLE001  (report every failed experiment, keep the others)
-                    errors.append(f"seed {seed} on {client.base}: {exc}")
-
-        threads = [threading.Thread(target=work, args=(c, q)) for c, q in zip(clients, queues) if q]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        clients = open_servers(stack, args.server, args.model.startswith("tiny-"))
+        run_jobs(jobs, clients, collect=collect, progress=False)
+    errors = [f"seed {j.seed}: {j.error}" for j in jobs if j.error]
     if errors:
         raise SystemExit("analysis failed:\n" + "\n".join(errors))
-    return [tables[s] for s in seeds]
+    return [j.result for j in jobs]
 
 
 def analyse_in_process(groups: str, seeds: list[int], args: argparse.Namespace) -> list:
     """Load the model in this process (a checkpoint, or a tiny test model) and analyse with a tqdm bar."""
     from tqdm import tqdm
-
-    from .host import find_host, import_host
-    from .pack import import_pack, pack_module
 
     import_host(find_host())
     import_pack(run_init=False)
@@ -175,8 +154,6 @@ def analyse_in_process(groups: str, seeds: list[int], args: argparse.Namespace) 
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .cli_run import parse_seeds
-
     tm = _tables_math()
     groups = _read_groups(args.groups)
     seeds = [s if s is not None else 10 for s in parse_seeds(args.seeds)]
@@ -233,8 +210,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     an.add_argument("--heatmap", help="also write the heatmap PNG here")
     an.set_defaults(func=cmd_analyze)
 
-
-if __name__ == "__main__":
-    from .cli import main
-
-    sys.exit(main(["heatmap", *sys.argv[1:]]))

@@ -3,30 +3,25 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 from . import workflow
-from .cli_run import Job, _servers, prepare_graph, run_jobs
+from .cli_tables import render_heatmap
+from .errors import UsageError
+from .host import REPO_ROOT
+from .jobs import Job, native_size, open_servers, prepare_graph, run_jobs
 
 log = logging.getLogger(__name__)
 
-# Small sizes and few steps keep the demo to minutes on a 2-core CPU.
-DEMO_OVERRIDES = {
-    "EmptyLatentImage": {"width": 128, "height": 128, "batch_size": 1},
-    "KSampler": {"steps": 12},
-    "BasicScheduler": {"steps": 12},
-}
-
 
 def demo_graph(graph: dict, model: str) -> dict:
-    g = prepare_graph(graph, model, [])
-    for class_type, values in DEMO_OVERRIDES.items():
-        workflow.set_all(g, class_type, **values)
+    """The graph at the demo model's own size and step count (jobs.DEMO_SIZE, jobs.DEMO_STEPS), with the
+    MLLM planner told to fall back to the user's prompt (no MLLM server here)."""
+    g = native_size(prepare_graph(graph, model))
     for nid in workflow.nodes_of(g, "ConduitMLLMPlan"):
         inputs = g[nid]["inputs"]
-        if not inputs.get("manual_prompt"):  # no MLLM server here: the planner falls back to the user's prompt
+        if not inputs.get("manual_prompt"):
             inputs["manual_prompt"] = inputs.get("prompt", "")
             inputs["on_failure"] = "use manual if given"
     return g
@@ -47,14 +42,7 @@ def needs_missing_files(graph: dict, model: str) -> str | None:
 
 
 def render_tables(out: Path) -> list[Path]:
-    """The shipped SDXL sensitivity table as a heatmap, when the tables CLI is present."""
-    try:
-        from .cli_tables import render_heatmap
-    except ImportError:
-        log.warning("tables CLI not available; skipping the heatmap")
-        return []
-    from .host import REPO_ROOT
-
+    """The shipped SDXL sensitivity tables as heatmaps."""
     paths = []
     for table in sorted((REPO_ROOT / "sensitivity_tables").glob("sdxl*.json")):
         png = out / f"heatmap_{table.stem}.png"
@@ -65,11 +53,11 @@ def render_tables(out: Path) -> list[Path]:
 
 def run_demo(out: Path, model: str = "embedded", servers: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    names = sorted(p.name[: -len(".api.json")] for p in workflow.WORKFLOW_DIR.glob("*.api.json"))
+    names = workflow.short_names()
     with ExitStack() as stack:
-        clients = _servers(stack, servers or [], load_test_nodes=model.startswith("tiny-"))
+        clients = open_servers(stack, servers or [], load_test_nodes=model.startswith("tiny-"))
         if model == "embedded" and workflow.DEMO_LOADER not in clients[0].object_info():
-            raise SystemExit(f"the demo model loader {workflow.DEMO_LOADER} is not registered on the server; "
+            raise UsageError(f"the demo model loader {workflow.DEMO_LOADER} is not registered on the server; "
                              "check the ComfyUI log for a failed import of nodes/demo_model.py")
         skipped = {n: why for n in names if (why := needs_missing_files(workflow.load_api(n), model))}
         jobs = [Job(n, demo_graph(workflow.load_api(n), model)) for n in names if n not in skipped]
@@ -82,7 +70,8 @@ def run_demo(out: Path, model: str = "embedded", servers: list[str] | None = Non
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = ["# Conduit demo", "", f"model: {model}", "", "| workflow | ok | seconds | outputs |", "|---|---|---|---|"]
     for s in summary:
-        status = {True: "yes", None: str(s.get("error"))}.get(s["ok"], "NO: " + str(s.get("error"))[:160])
+        first = (str(s.get("error")).splitlines() or [""])[0]  # the whole error is in summary.json
+        status = {True: "yes", None: str(s.get("error"))}.get(s["ok"], "NO: " + first)
         lines.append(f"| {s['workflow']} | {status} | "
                      f"{s.get('seconds', '')} | {', '.join(s['outputs'])} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
@@ -91,6 +80,3 @@ def run_demo(out: Path, model: str = "embedded", servers: list[str] | None = Non
           f"summary.md are in {out.resolve()}")
     return 0 if ok == len(jobs) else 1
 
-
-if __name__ == "__main__":
-    sys.exit(run_demo(Path("out")))

@@ -3,11 +3,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
 
 
 class PromptFailed(RuntimeError):
     pass
+
+
+class PromptTimeout(TimeoutError):
+    """The prompt did not finish within the caller's timeout."""
+
+
+class Cancelled(Exception):
+    """The caller's cancel event was set while the prompt was being followed."""
 
 
 async def _follow(base: str, client_id: str, prompt_id: str, timeout: float,
@@ -40,10 +49,31 @@ async def _follow(base: str, client_id: str, prompt_id: str, timeout: float,
                 # /history; the "executing" None message above follows task_done on every host.
 
 
+async def _watch(cancel: threading.Event) -> None:
+    while not cancel.is_set():
+        await asyncio.sleep(0.1)
+
+
 def follow_prompt(base: str, client_id: str, prompt_id: str, timeout: float,
-                  on_progress: Callable[[dict], None] | None = None) -> None:
+                  on_progress: Callable[[dict], None] | None = None,
+                  cancel: threading.Event | None = None) -> None:
+    """Return when the prompt is done (the caller reads /history); TimeoutError after `timeout` seconds,
+    Cancelled as soon as `cancel` is set. Neither touches the server: the caller cleans up its prompt."""
     async def bounded() -> None:
-        await asyncio.wait_for(_follow(base, client_id, prompt_id, timeout, on_progress), timeout)
+        follow = asyncio.ensure_future(_follow(base, client_id, prompt_id, timeout, on_progress))
+        tasks = {follow}
+        if cancel is not None:
+            tasks.add(asyncio.ensure_future(_watch(cancel)))
+        done, pending = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if follow in done:
+            follow.result()
+        elif cancel is not None and cancel.is_set():
+            raise Cancelled(f"prompt {prompt_id} cancelled")
+        else:
+            raise PromptTimeout(f"prompt {prompt_id} did not finish within {timeout:g}s")
 
     try:
         asyncio.run(bounded())

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
 from .host import REPO_ROOT
 
 WORKFLOW_DIR = REPO_ROOT / "workflows"
@@ -25,15 +26,85 @@ TEST_LOADERS = {
 DEMO_LOADER = "ConduitDemoToyModelLoader"
 
 
+API_SUFFIX = ".api.json"
+
+
+def short_names() -> list[str]:
+    """The shipped API workflows by short name: workflows/<name>.api.json -> <name>."""
+    return sorted(p.name[: -len(API_SUFFIX)] for p in WORKFLOW_DIR.glob(f"*{API_SUFFIX}"))
+
+
+def workflow_name(path: Path) -> str:
+    """The name outputs are saved under: the file name without .api.json (or .json)."""
+    name = path.name
+    for suffix in (API_SUFFIX, ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _available() -> str:
+    return "available: " + ", ".join(short_names())
+
+
+def resolve_workflow(text: str) -> Path:
+    """A workflow argument as the user typed it -> its file.
+
+    Accepted: a path (with or without .api.json, relative to the current folder or to the repository), a
+    shipped short name (seg_sdxl), or a unique prefix of one (seg). Anything else is a UsageError that lists
+    the short names (or the candidates of an ambiguous prefix)."""
+    raw = text.strip()
+    if not raw:
+        raise UsageError(f"no workflow given; {_available()}")
+    path = Path(raw).expanduser()
+    candidates = [path] if raw.endswith(".json") else [Path(raw + API_SUFFIX), path]
+    if not path.is_absolute():
+        candidates += [REPO_ROOT / c for c in candidates]
+    for c in candidates:
+        if c.is_file():
+            return c
+    looks_like_path = raw.endswith(".json") or "/" in raw or "\\" in raw
+    if not looks_like_path:
+        names = short_names()
+        if raw in names:
+            return WORKFLOW_DIR / f"{raw}{API_SUFFIX}"
+        matches = [n for n in names if n.startswith(raw)]
+        if len(matches) == 1:
+            return WORKFLOW_DIR / f"{matches[0]}{API_SUFFIX}"
+        if matches:
+            raise UsageError(f"workflow {raw!r} is ambiguous: it could be {', '.join(matches)}; type one of them")
+        raise UsageError(f"no workflow named {raw!r}; {_available()} (or give a path to an .api.json file)")
+    shown = raw if raw.endswith(".json") else raw + API_SUFFIX
+    raise UsageError(f"no workflow file {shown}; give the path of an existing .api.json file, or a short name "
+                     f"({', '.join(short_names())})")
+
+
 def api_path(name: str) -> Path:
-    path = Path(name)
-    if path.suffix == ".json" and path.exists():
-        return path
-    return WORKFLOW_DIR / f"{name}.api.json"
+    return resolve_workflow(name)
 
 
-def load_api(name: str) -> dict:
-    return json.loads(api_path(name).read_text())
+def load_api(name: str | Path) -> dict:
+    """An API-format graph from a file or short name; a file that is not one is a UsageError saying why."""
+    path = name if isinstance(name, Path) else resolve_workflow(name)
+    try:
+        graph = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path.name} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                         "fix the file, or re-export it from the editor with 'Export (API)'") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read workflow {path}: {exc}") from None
+    if isinstance(graph, dict) and "nodes" in graph and "links" in graph:
+        twin = path.name.replace(".json", API_SUFFIX) if not path.name.endswith(API_SUFFIX) else path.name
+        raise UsageError(f"{path.name} is an editor (UI-format) workflow; the runner needs the API format: use "
+                         f"{twin} if it exists, or save it from the editor with 'Export (API)'")
+    if not isinstance(graph, dict) or not graph or not all(
+            isinstance(n, dict) and isinstance(n.get("class_type"), str) and isinstance(n.get("inputs", {}), dict)
+            for n in graph.values()):
+        raise UsageError(f"{path.name} is not an API-format workflow (an object of nodes, each with class_type "
+                         "and inputs); save it from the editor with 'Export (API)'")
+    for node in graph.values():
+        node.setdefault("inputs", {})
+    return graph
 
 
 def nodes_of(graph: dict, class_type: str) -> list[str]:
@@ -84,19 +155,6 @@ def use_demo_model(graph: dict) -> dict:
             node["class_type"] = DEMO_LOADER
             node["inputs"] = {}
     return g
-
-
-def parse_assignment(text: str) -> tuple[str, str, Any]:
-    """'3.seed=5' -> ('3', 'seed', 5); values are JSON when they parse, else strings."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ValueError(f"--set expects NODE.INPUT=VALUE, got {text!r}")
-    target, raw = text.split("=", 1)
-    node_id, name = target.split(".", 1)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return node_id, name, value
 
 
 # ---- UI format -------------------------------------------------------------------------------------------
