@@ -54,11 +54,50 @@ def test_vanilla_graph_runs_and_returns_images(comfy_server):
     assert "m0.0" in text and "grid 6x8" in text
 
 
+def raw_prompt(url, graph):
+    """(HTTP status, JSON reply) of POST /prompt, read without the pack's client."""
+    from urllib import error, request
+
+    req = request.Request(url + "/prompt", data=json.dumps({"prompt": graph}).encode(),
+                          headers={"Content-Type": "application/json"})
+    try:
+        with request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def test_bad_graph_reports_the_node_error(comfy_server):
+    """A sampler name that does not exist: the server rejects the graph naming that node, its class and the
+    input, and the pack's client raises with the same three (and the bad value) in its message."""
+    import re
+
+    from conduit.client import ComfyError
+
     graph = workflow.swap_loaders(workflow.load_api("txt2img_vanilla"), "sdxl")
     workflow.set_all(graph, "KSampler", sampler_name="no_such_sampler")
-    with pytest.raises(Exception, match="no_such_sampler|value_not_in_list|prompt rejected"):
-        comfy_server.client().run(graph)
+    (ks,) = workflow.nodes_of(graph, "KSampler")
+    (layers,) = workflow.nodes_of(graph, "ConduitModelLayers")
+    only_image = {k: v for k, v in graph.items() if k != layers}  # no valid output left: nothing is queued
+    status, reply = raw_prompt(comfy_server.url, only_image)
+    assert status == 400, reply
+    assert reply["error"]["type"] == "prompt_outputs_failed_validation"
+    assert set(reply["node_errors"]) == {ks}
+    entry = reply["node_errors"][ks]
+    assert entry["class_type"] == "KSampler"
+    (err,) = entry["errors"]
+    assert err["type"] == "value_not_in_list"
+    assert err["extra_info"]["input_name"] == "sampler_name"
+    assert err["extra_info"]["received_value"] == "no_such_sampler"
+
+    client = comfy_server.client()
+    for g in (only_image, graph):  # wholly rejected (HTTP 400), and partly valid (the layer report is fine)
+        with pytest.raises(ComfyError) as info:
+            client.run(g)
+        msg = str(info.value)
+        assert re.search(rf'\bnode {ks}\b|"{ks}":', msg), msg
+        for part in ("KSampler", "sampler_name", "no_such_sampler"):
+            assert part in msg, (part, msg)
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "workflows").glob("*.api.json")), ids=lambda p: p.name)
