@@ -101,7 +101,15 @@ def folder_names() -> list[str]:
     register_folder()
     import folder_paths
 
-    return [n for n in folder_paths.get_filename_list(FOLDER) if "\x00" not in n]
+    try:
+        names = folder_paths.get_filename_list(FOLDER)
+    except OSError:  # the pinned host's cache stats folders it saw before: one deleted since raises
+        folder_paths.filename_list_cache.pop(FOLDER, None)
+        try:
+            names = folder_paths.get_filename_list(FOLDER)
+        except OSError:
+            names = []
+    return [n for n in names if "\x00" not in n]
 
 
 def table_names() -> list[str]:

@@ -403,6 +403,12 @@ def test_folder_registration_keeps_user_folders(monkeypatch, tmp_path):
     (tmp_path / "my_tables" / "notes.txt").write_text("x")
     folder_paths.filename_list_cache.pop("conduit_tables", None)
     assert tables.folder_names() == ["a.json"]
+    # a folder deleted after it was listed: the pinned host's cache would raise FileNotFoundError
+    import shutil
+
+    shutil.rmtree(user)
+    assert tables.folder_names() == []
+    assert "sdxl_style_qk" in tnodes.ConduitLoadSensitivityTable.INPUT_TYPES()["required"]["table"][0]
 
 
 # --------------------------------------------------------------------------------------- size and values

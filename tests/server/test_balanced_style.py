@@ -7,7 +7,7 @@ from PIL import Image
 from conduit import workflow
 from conduit.pack import pack_module
 from tests.host.cb_helpers import hand_table
-from tests.server.table_folder import server_tables as _server_tables  # noqa: F401  (the fixture server_tables)
+from tests.server.table_folder import server_tables_fixture  # noqa: F401  (the fixture server_tables)
 
 tm = pack_module("patches.tables_math")
 TABLE_NAME = "conduit_tests/tiny_sdxl_test_table.json"  # in the server's models/conduit_tables

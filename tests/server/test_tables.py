@@ -10,6 +10,7 @@ from conduit import workflow
 from conduit.cli_tables import fetch_tables
 from conduit.host import REPO_ROOT
 from conduit.pack import pack_module
+from tests.server.table_folder import server_tables_fixture  # noqa: F401  (the fixture server_tables)
 
 tm = pack_module("patches.tables_math")
 
@@ -19,7 +20,7 @@ def small(graph):
     return graph
 
 
-def test_analysis_workflow_writes_a_table_and_heatmaps(comfy_server):
+def test_analysis_workflow_writes_a_table_and_heatmaps(comfy_server, server_tables):
     graph = small(workflow.swap_loaders(workflow.load_api("sensitivity_analysis"), "sdxl"))
     client = comfy_server.client()
     result = client.run(graph)
@@ -27,6 +28,11 @@ def test_analysis_workflow_writes_a_table_and_heatmaps(comfy_server):
     ref = result.outputs[node_id]["tables"][0]
     on_disk = comfy_server.output_dir / ref["subfolder"] / ref["filename"]
     table = tm.load_table(on_disk)
+    # the same file is in models/conduit_tables and listed by the loader after the run
+    (name,) = result.outputs[node_id]["table_names"]
+    assert (server_tables / name).read_bytes() == on_disk.read_bytes()
+    listed = client.object_info()["ConduitLoadSensitivityTable"]["input"]["required"]["table"][0]
+    assert name in listed
     assert table.family == "sdxl" and table.num_layers == 8 and len(table.timesteps) == 2
     assert table.provenance["image_count"] == 6 and table.features == ["q", "k", "v"]
     (fetched,) = fetch_tables(client, result)
@@ -36,7 +42,7 @@ def test_analysis_workflow_writes_a_table_and_heatmaps(comfy_server):
     assert "saved " in result.outputs[node_id]["text"][0]
 
 
-def test_analyze_cli_spreads_seeds_over_servers_and_combines(comfy_server, tmp_path):
+def test_analyze_cli_spreads_seeds_over_servers_and_combines(comfy_server, server_tables, tmp_path):
     out = tmp_path / "combined.json"
     url = comfy_server.url
     proc = subprocess.run(
