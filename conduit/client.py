@@ -95,6 +95,9 @@ def format_prompt_error(reply: dict) -> str:
             message = e.get("message") or e.get("type") or "error"
             details = e.get("details")
             text = f"{message}: {details}" if details and details not in message else message
+            got = extra.get("received_value")
+            if got is not None and str(got) not in text:
+                text += f" (got {_text(got)})"
             lines.append(f"  {where}: {text}")
     if not lines:
         lines.append(_text(reply))
