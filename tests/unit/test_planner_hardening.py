@@ -434,6 +434,10 @@ def test_interrupt_mid_read_stops_the_call(mllm_stub):
     with pytest.raises(transport.Interrupted):
         direct(mllm_stub, stats, deadline_s=60.0, interrupted=lambda: stats.chunks >= 1)
     assert time.perf_counter() - t0 < 3.0 and 1 <= stats.chunks <= 5
+    time.sleep(1.0)  # the call's socket was shut down, so the server's next writes fail and it stops dripping
+    sent = mllm_stub.dripped
+    time.sleep(1.0)
+    assert mllm_stub.dripped == sent, "the abandoned connection is still being served"
 
 
 def test_interrupt_while_waiting_for_headers_is_not_a_fallback(mllm_stub):
@@ -449,6 +453,23 @@ def test_interrupt_while_waiting_for_headers_is_not_a_fallback(mllm_stub):
     with pytest.raises(planner.Interrupted):
         planner.plan(endpoint(mllm_stub, timeout=60.0), with_manual(), NODE, interrupted=interrupted)
     assert time.perf_counter() - start < 3.0
+
+
+def test_interrupt_cuts_the_connection_of_a_waiting_request(mllm_stub):
+    """The worker thread does not linger until the server answers: its socket is shut down."""
+    def workers():
+        return {t for t in threading.enumerate() if t.name == "conduit-mllm-http"}
+
+    before = workers()
+    mllm_stub.script("prompt", ("slow", 10.0))
+    start = time.perf_counter()
+    with pytest.raises(transport.Interrupted):
+        direct(mllm_stub, transport.ReadStats(), deadline_s=60.0,
+               interrupted=lambda: time.perf_counter() - start > 0.3)
+    t0 = time.perf_counter()
+    while workers() - before and time.perf_counter() - t0 < 3.0:
+        time.sleep(0.05)
+    assert not workers() - before
 
 
 def test_planner_modules_import_without_comfyui():
