@@ -91,7 +91,7 @@ class _Call:
         try:
             self.url = endpoint.chat_url()
         except UrlRefused as exc:
-            raise ConduitError(node, self.redact(f"url {excerpt(display_url(endpoint.url), 120)} is refused: {exc}."),
+            raise ConduitError(node, f"url {self.shown(display_url(endpoint.url), 120)} is refused: {exc}.",
                                "give the server's base URL, e.g. http://127.0.0.1:11434 (Ollama) or "
                                "https://api.openai.com/v1; /api/chat or /chat/completions is added.") from None
         self.shown_url = self.redact(display_url(self.url))
@@ -108,7 +108,7 @@ class _Call:
         try:
             return check_redirect(target, self.endpoint.api)
         except UrlRefused as exc:
-            raise transport.TransportError("redirect", f"it redirects to {excerpt(display_url(target), 120)}, "
+            raise transport.TransportError("redirect", f"it redirects to {self.shown(display_url(target), 120)}, "
                                                        f"which is refused: {exc}") from None
 
     def post(self, stage: str, payload: dict, deadline: float) -> Any:
@@ -176,8 +176,8 @@ def ask(call: _Call, stage: str, messages: list[dict], images_b64: list[str], va
         body = call.post(stage, build_payload(call.endpoint, convo, images_b64), deadline)
         text = ""
         try:
-            text = reply_text(call.endpoint.api, body)
-            value, notes = validate(parse_object(text))
+            text = call.redact(reply_text(call.endpoint.api, body))  # so nothing derived from it (values,
+            value, notes = validate(parse_object(text))  # messages cut mid-key, the retry) can carry the key
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
             reason = call.shown(exc if isinstance(exc, BadReply) else f"unusable reply ({type(exc).__name__})", 200)
             quoted = call.shown(text) if text else call.shown(_dumps(body))

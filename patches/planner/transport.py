@@ -16,13 +16,16 @@ holds a plain `requests.post` forever, and a gzip bomb or an endless chunked bod
 """
 from __future__ import annotations
 
+import http.client
 import logging
+import re
 import socket
 import threading
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -113,12 +116,12 @@ def _track(sock: socket.socket) -> socket.socket:
 
 
 class _TrackedHTTP(urllib3.connection.HTTPConnection):
-    def _new_conn(self):  # noqa: ANN202 (urllib3's signature)
+    def _new_conn(self) -> socket.socket:
         return _track(super()._new_conn())
 
 
 class _TrackedHTTPS(urllib3.connection.HTTPSConnection):
-    def _new_conn(self):  # noqa: ANN202
+    def _new_conn(self) -> socket.socket:
         return _track(super()._new_conn())
 
 
@@ -134,7 +137,7 @@ class _Adapter(HTTPAdapter):
     """Direct connections register their sockets with the call; through a proxy they are not tracked, and the
     worker then ends at its own socket timeout (never later than the deadline) instead of at once."""
 
-    def init_poolmanager(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
@@ -154,8 +157,9 @@ class _Decoder:
     def __init__(self, encoding: str) -> None:
         enc = encoding.strip().lower()
         if enc not in ("", "identity", "gzip", "x-gzip", "deflate"):
-            raise TransportError("encoding", f"the reply uses Content-Encoding {encoding[:40]!r}, which the planner "
-                                             "does not accept (only gzip and deflate)")
+            shown = repr(enc) if re.fullmatch(r"[a-z0-9, -]{1,24}", enc) else "(unreadable)"  # never cut: no half keys
+            raise TransportError("encoding", f"the reply uses Content-Encoding {shown}, which the planner does not "
+                                             "accept (only gzip and deflate)")
         self._gzip = enc in ("gzip", "x-gzip")
         self._deflate = enc == "deflate"
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS) if self._gzip else None
@@ -313,7 +317,7 @@ def _exchange(url: str, body: bytes, headers: dict[str, str], deadline: float, m
                     raise _Cancelled from None
                 raise TransportError("unreachable", f"the connection broke while reading the reply "
                                                     f"({type(exc).__name__})") from None
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+            except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
                 if abort.event.is_set():
                     raise _Cancelled from None
                 if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, socket.timeout)):

@@ -50,7 +50,7 @@ def direct(stub, stats, cap=256 << 10, deadline_s=10.0, interrupted=None, path="
 
 
 def leaks(*texts):
-    forms = (KEY, KEY + "\r\n", repr(KEY + "\r\n")[1:-1], f"Bearer {KEY}")
+    forms = (KEY[:10], KEY + "\r\n", repr(KEY + "\r\n")[1:-1], f"Bearer {KEY}")  # a prefix: no half keys either
     return [t for t in texts for f in forms if f in t]
 
 
@@ -203,8 +203,11 @@ def test_echoed_header_is_redacted_everywhere(mllm_stub, caplog, monkeypatch):
     ep = endpoint(mllm_stub, api_key_env=KEY_ENV)
     mllm_stub.script("prompt", ("echo", "I received {auth}, is that right?"), ("echo", "still {auth}"))
     mllm_stub.script("condition_box", ("echo_status", 401))
+    straddle = '{{"box": ["' + "x" * 100 + ' {auth}", 1, 2, 3]}}'  # messages cut values at 120 characters
+    mllm_stub.script("related_box", ("echo", straddle), ("echo", straddle))
     out = planner.plan(ep, with_manual(), NODE)
     assert out["prompt"].source == "manual" and out["condition_box"].source == "manual"
+    assert out["related_box"].source == "manual" and "box values are not numbers" in out["related_box"].notes[0]
     assert "HTTP 401" in out["condition_box"].notes[0] and "***" in out["condition_box"].notes[0]
     assert "***" in out["prompt"].notes[0]
     assert not leaks(*all_text(out, caplog, mllm_stub))
