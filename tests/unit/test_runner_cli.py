@@ -4,6 +4,7 @@ every user mistake as one line on stderr with exit status 2 and no traceback."""
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -239,6 +240,18 @@ def test_server_url_mistakes(text, message):
     with pytest.raises(UsageError) as info:
         parse_server_url(text)
     assert message in str(info.value)
+
+
+def test_readme_example_sets_inputs_that_exist():
+    """Each --set of the README's runner command names a node of that workflow that has the input."""
+    text = (REPO_ROOT / "README.md").read_text()
+    command = re.search(r"python -m conduit run (.+?)\n```", text, re.S).group(1).replace("\\\n", " ").split()
+    graph = workflow.load_api(command[0])
+    sets = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+    assert sets
+    for a in (overrides.parse_set(t, graph) for t in sets):
+        assert a.name in graph[a.node_id]["inputs"], a.text
+    assert graph["6"]["class_type"] == graph["9"]["class_type"] == "KSampler"
 
 
 # ---- server errors, whole and readable ---------------------------------------------------------------------
