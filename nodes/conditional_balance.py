@@ -84,7 +84,8 @@ class ConduitBalancedStyle:
                                             "tooltip": "0: reference = clean latent + sigma x fixed noise. Above 0: "
                                                        "follow a deterministic ODE (DDIM-style) inversion path "
                                                        "computed with this many model calls per run and prompt "
-                                                       "(StyleAligned's real-image transfer). Default 0."}),
+                                                       "(StyleAligned's real-image transfer); Cancel (/interrupt) "
+                                                       "stops it between model calls. Default 0."}),
             },
             "optional": {
                 "reference_latent": ("LATENT", {"tooltip": "The style reference as a latent (one image). Use this "
