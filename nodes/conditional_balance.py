@@ -14,7 +14,9 @@ from ..patches.layers import model_family
 from ..patches.reference_branch import InvertedReference, NoisedReference
 from ..patches.safe_files import MAX_LORA_BYTES
 from ..patches.selective_lora import MODES, apply_selective_lora, check_lora_name, load_lora_file, static_style_layers
-from ..patches.tables import SOCKET, SensitivityTable, resolve_table, table_for_family, validate_against
+from ..patches.tables import (
+    SOCKET, SensitivityTable, check_lambda, resolve_table, table_for_family, validate_against,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class ConduitBalancedStyle:
               reference_attention_scale: float, reference_attention_shift: float, start_percent: float,
               end_percent: float, noise_seed: int, inversion_steps: int, reference_latent=None,
               reference_image=None, vae=None, sensitivity_table=None):
+        style_strength = check_lambda(style_strength, STYLE_NODE, "style_strength", maximum=1.0)
         if start_percent > end_percent:
             raise ConduitError(STYLE_NODE, f"start_percent {start_percent} is after end_percent {end_percent}.",
                                "set start_percent <= end_percent.")
@@ -163,6 +166,7 @@ class ConduitControlNetTimestepGate:
         }}
 
     def gate(self, positive, negative, control_balance: float, gate_mid: bool, invert: bool):
+        control_balance = check_lambda(control_balance, GATE_NODE, "control_balance", maximum=1.0, example=0.85)
         if count_controls(positive) + count_controls(negative) == 0:
             log.warning("%s: no ControlNet is applied to this conditioning; nothing to gate.", GATE_NODE)
         pos, neg = gate_conditionings([positive, negative], GateSettings(control_balance, gate_mid, invert))
@@ -207,6 +211,10 @@ class ConduitSelectiveLoRA:
 
         if layers not in MODES:
             raise ConduitError(LORA_NODE, f"unknown layer choice {layers!r}.", f"use one of {', '.join(MODES)}.")
+        style_strength = check_lambda(style_strength, LORA_NODE, "style_strength", maximum=1.0, example=0.57)
+        if not isinstance(strength, (int, float)) or strength != strength or abs(strength) == float("inf"):
+            raise ConduitError(LORA_NODE, f"strength must be a finite number, got {strength!r}.",
+                               "set strength to e.g. 1.0.")
         check_lora_name(lora_name, LORA_NODE)  # before any file access: pickles are refused, never loaded
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None:

@@ -298,13 +298,16 @@ def comfy_order(keys: Sequence[LayerKey]) -> list[int]:
 LAMBDA_MAX = 200.0  # the largest lambda_S the nodes accept (above 1 it is a layer count)
 
 
-def check_lambda(value: Any, node: str, name: str = "lambda_s", maximum: float = LAMBDA_MAX) -> float:
-    """value as a float when it is a finite number in [0, maximum]; else a ConduitError naming the input."""
-    ok = _is_number(value) and math.isfinite(value) and 0 <= value <= maximum
+def check_lambda(value: Any, node: str, name: str = "lambda_s", maximum: float = LAMBDA_MAX,
+                 example: float = 0.43) -> float:
+    """value as a float when it is a finite number in [0, maximum]; else a ConduitError naming the input.
+
+    ComfyUI's min/max check lets NaN through (every comparison with NaN is false), so nodes check again."""
+    ok = _is_number(value) and _finite(value) and 0 <= value <= maximum
     if not ok:
-        raise ConduitError(node, f"{name} must be a finite number from 0 to {maximum:g} (a fraction of the layers "
-                           f"up to 1, a layer count above 1), got {value!r}.",
-                           f"set {name} to e.g. 0.43 (the paper's value).")
+        what = "a fraction of the layers up to 1, a layer count above 1" if maximum > 1 else "a fraction"
+        raise ConduitError(node, f"{name} must be a finite number from 0 to {maximum:g} ({what}), got {_r(value)}.",
+                           f"set {name} to e.g. {example:g}.")
     return float(value)
 
 

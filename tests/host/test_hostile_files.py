@@ -459,3 +459,26 @@ def test_heatmap_of_extreme_scores_draws():
     (img,) = tnodes.ConduitSensitivityHeatmap().draw(table, 0.43, "q")
     assert torch.isfinite(img).all() and img.shape[1] > 100
     tm.summary(table)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.1, 1.5])
+def test_conditional_balance_strengths_out_of_range_are_named_errors(tiny_sdxl, lora_dir, value):
+    """ComfyUI's min/max validation lets NaN through; the nodes name the input instead of a raw ValueError."""
+    (lora_dir / "ok.safetensors").write_bytes(good_safetensors(tiny_sdxl))
+    with pytest.raises(errors.ConduitError) as exc:
+        cbn.ConduitSelectiveLoRA().apply(tiny_sdxl.model, "ok.safetensors", 1.0, value, "style layers",
+                                         hand_table(tiny_sdxl.model))
+    assert_named(exc, LORA, "style_strength must be a finite number from 0 to 1")
+    with pytest.raises(errors.ConduitError) as exc:
+        cbn.ConduitBalancedStyle().patch(
+            tiny_sdxl.model, value, True, True, True, 1.0, 0.0, 0.0, 1.0, 0, 0,
+            reference_latent={"samples": torch.zeros(1, 4, 8, 8)}, sensitivity_table=hand_table(tiny_sdxl.model))
+    assert_named(exc, "Conduit Balanced Style", "style_strength must be a finite number")
+    with pytest.raises(errors.ConduitError) as exc:
+        cbn.ConduitControlNetTimestepGate().gate([], [], value, False, False)
+    assert_named(exc, "Conduit ControlNet Timestep Gate", "control_balance must be a finite number")
+    if value != value:
+        with pytest.raises(errors.ConduitError) as exc:
+            cbn.ConduitSelectiveLoRA().apply(tiny_sdxl.model, "ok.safetensors", value, 0.5, "style layers",
+                                             hand_table(tiny_sdxl.model))
+        assert_named(exc, LORA, "strength must be a finite number")
