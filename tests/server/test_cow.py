@@ -4,8 +4,9 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from conduit import workflow
 from conduit.client import ComfyError
@@ -25,12 +26,81 @@ def small_cow(graph, seed_node, canvas=(128, 96), box=(32.0, 0.0, 64.0, 64.0)):
     return graph
 
 
-def test_cow_seed_cycle_workflow_runs(comfy_server):
-    graph = workflow.swap_loaders(workflow.load_api("cow_seed_cycle"), "sd15")
-    small_cow(graph, workflow.nodes_of(graph, "ConduitCOWSeedCanvas")[0])
-    result = comfy_server.client().run(graph)
-    assert len(result.images) == 1
-    assert Image.open(io.BytesIO(result.images[0])).size == (128, 96)
+TOY_BOX = (8, 8, 48, 48)  # x, y, w, h on the toy model's 64 x 64 canvas
+TOY_PROMPT = "a yellow striped square on a black background"  # unlike the condition (a blue disc on gray)
+CONDITION_FILE = "conduit_test_cow_condition.png"
+
+
+def off_centre_condition():
+    """A blue disc on gray, off centre (so a mirrored or shifted paste shows): 256 x 256 RGB."""
+    img = Image.new("RGB", (256, 256), (128, 128, 128))
+    ImageDraw.Draw(img).ellipse((40, 60, 150, 170), fill=(40, 80, 220))
+    return img
+
+
+def toy_cow_graph(condition_file=CONDITION_FILE):
+    """The shipped COW graph on the demo toy model (trained VAE and UNet, 64 x 64), a prompt unlike the
+    condition, condition pasted at TOY_BOX."""
+    graph = workflow.use_demo_model(workflow.load_api("cow_seed_cycle"))
+    small_cow(graph, workflow.nodes_of(graph, "ConduitCOWSeedCanvas")[0], canvas=(64, 64),
+              box=tuple(float(v) for v in TOY_BOX))
+    workflow.set_all(graph, "ConduitCOWCycleSampler", cycles=10)
+    workflow.set_all(graph, "LoadImage", image=condition_file)
+    sampler = workflow.nodes_of(graph, "SamplerCustom")[0]
+    positive = graph[sampler]["inputs"]["positive"][0]
+    workflow.set_input(graph, positive, "text", TOY_PROMPT)
+    return graph, sampler
+
+
+def vanilla_twin(graph, sampler):
+    """The same graph as plain txt2img: same model, prompts, sigmas, sampler seed and CFG, but an empty latent,
+    added noise and a core sampler instead of the COW inversion and cycles."""
+    g = {k: v for k, v in graph.items() if v["class_type"] not in (
+        "ConduitCOWSeedCanvas", "ConduitCOWInvert", "ConduitCOWCycleSampler", "VAEEncode", "LoadImage")}
+    g["90"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    g["91"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler_ancestral"}}
+    inputs = g[sampler]["inputs"]
+    inputs.update(add_noise=True, latent_image=["90", 0], sampler=["91", 0])
+    return g
+
+
+def box_pixels(png):
+    x, y, w, h = TOY_BOX
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64)[y:y + h, x:x + w]
+
+
+def disc_contrast(rgb, disc):
+    """How much bluer (B - (R + G) / 2) the condition's disc is than the rest of the box."""
+    blue = rgb[..., 2] - (rgb[..., 0] + rgb[..., 1]) / 2
+    return float(blue[disc].mean() - blue[~disc].mean())
+
+
+def carried(png, condition, disc):
+    """(disc contrast, Pearson correlation of the box's RGB pixels with the condition)."""
+    rgb = box_pixels(png)
+    return disc_contrast(rgb, disc), float(np.corrcoef(rgb.ravel(), condition.ravel())[0, 1])
+
+
+def test_cow_seed_cycle_output_carries_the_condition(comfy_server):
+    """COW's promise: the pasted condition survives into the output although the prompt asks for something
+    else. The condition (an off-centre blue disc on gray, resized to the box here with PIL) is compared with
+    the box of the COW image and of the same graph run as plain txt2img at the same seed: COW keeps most of
+    the disc's blue contrast, where the disc is, and correlates with the condition; plain txt2img has
+    neither."""
+    x, y, w, h = TOY_BOX
+    off_centre_condition().save(comfy_server.workdir / "input" / CONDITION_FILE)
+    condition = np.asarray(off_centre_condition().resize((w, h), Image.BILINEAR), dtype=np.float64)
+    disc = (condition[..., 2] > 150) & (condition[..., 0] < 100)
+    assert 0.1 < disc.mean() < 0.6
+    want = disc_contrast(condition, disc)  # about 130 of 255
+    graph, sampler = toy_cow_graph()
+    client = comfy_server.client()
+    (cow_png,) = client.run(graph).images
+    (plain_png,) = client.run(vanilla_twin(graph, sampler)).images
+    assert Image.open(io.BytesIO(cow_png)).size == (64, 64)
+    (cow_c, cow_r), (plain_c, plain_r) = carried(cow_png, condition, disc), carried(plain_png, condition, disc)
+    assert cow_c > 0.6 * want and plain_c < 0.2 * want, (cow_c, plain_c, want)  # measured: ~0.9 and < 0
+    assert cow_r > 0.1 and cow_r > plain_r + 0.3, (cow_r, plain_r)  # measured: ~0.25 and ~-0.3
 
 
 def sow_graph(stub_url, api_key_env=KEY_ENV):
