@@ -175,7 +175,7 @@ def test_reference_noised_with_one_fixed_noise_and_never_in_output(tiny_sdxl):
     clean = base.process_latent_in(ref_latent())
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(9))
     assert [s[0] for s in seen] == [8, 8, 8]  # 2 chunks x (1 reference + 3 images)
-    for rows, _, xc, sigma in seen:
+    for _rows, _, xc, sigma in seen:
         ref_x = xc[[0, 4]] * math.sqrt(sigma ** 2 + 1.0)  # undo calculate_input
         want = clean + sigma * noise
         assert torch.allclose(ref_x, want.expand_as(ref_x), atol=1e-4)

@@ -90,7 +90,7 @@ def test_inversion_records_levels_and_places_crop(tiny_sd15):
     out, inv = run_cow(tiny_sd15, cycles=1)
     assert sorted(inv.levels) == list(range(3, 11))
     mask = inv.mask
-    for level, lat in inv.levels.items():
+    for lat in inv.levels.values():
         assert lat.shape == (1, 4, 12, 16)
         assert torch.all(lat[..., :, :4] == 0) and torch.all(lat[..., :, 12:] == 0)  # crop alone: outside is 0
     assert mask.sum() == 64 and torch.all(mask[:, 4:12][:8] == 1)
