@@ -121,7 +121,11 @@ class ComfyServer:
         return ComfyClient(self.url, timeout=timeout)
 
     def __enter__(self) -> "ComfyServer":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # Ctrl-C or a failed start: __exit__ will not run, so stop it here
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()
