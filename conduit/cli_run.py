@@ -66,7 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             for client in clients:  # every server must have the nodes and accept every --set
                 info = client.object_info()
                 check_server_has(prepare_graph(base, args.model), info, client.base, args.model)
-                graphs.append(prepare_graph(base, args.model, sets, info))
+                graphs.append(prepare_graph(base, args.model, sets, info,
+                                            server=client.base if len(clients) > 1 else ""))
             graph = graphs[0]
             for seed in seeds:
                 g = json.loads(json.dumps(graph))

@@ -131,7 +131,7 @@ def upload_inputs(client: ComfyClient) -> None:
 
 
 def prepare_graph(graph: dict, model: str, sets: list[Assignment] = (), object_info: dict | None = None,
-                  demo_size: bool = True) -> dict:
+                  demo_size: bool = True, server: str = "") -> dict:
     """A copy of the graph for this model choice, with the overrides applied last (they win over the demo
     size). With object_info the overrides are checked against the server's node classes first."""
     if model not in MODELS:
@@ -144,7 +144,7 @@ def prepare_graph(graph: dict, model: str, sets: list[Assignment] = (), object_i
     elif model.startswith("tiny-"):
         g = workflow.swap_loaders(g, model[len("tiny-"):])
     if sets:
-        values = overrides.validate(list(sets), g, object_info) if object_info is not None else \
+        values = overrides.validate(list(sets), g, object_info, server) if object_info is not None else \
             [a.value for a in sets]
         overrides.apply(list(sets), values, g)
     return g

@@ -201,7 +201,12 @@ def validate(assignments: list[Assignment], graph: dict, object_info: dict, serv
             raise UsageError(f"--set {a.text}: node {a.node_id} is {class_type} (inputs: {names})"
                              f"{_replaced_note(class_type)}; {where}")
         kind, opts = specs[a.name]
-        values.append(coerce(a, class_type, kind, opts, graph))
+        try:
+            values.append(coerce(a, class_type, kind, opts, graph))
+        except UsageError as exc:
+            if not at:
+                raise
+            raise UsageError(f"{exc} (checked{at})") from None
     return values
 
 
