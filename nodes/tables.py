@@ -94,8 +94,9 @@ class ConduitSensitivityAnalysis(_TableNode):
                 "filename_prefix": ("STRING", {
                     "default": "sensitivity/table",
                     "tooltip": "Name of the table file, as for Save Image: <prefix>_00001_.json. It is written into "
-                               "models/conduit_tables (so it appears in the list of Conduit Load Sensitivity Table) "
-                               "and a copy into ComfyUI's output folder. Default sensitivity/table."}),
+                               "the first conduit_tables folder (models/conduit_tables unless extra_model_paths.yaml "
+                               "lists others), so it appears in the list of Conduit Load Sensitivity Table, and a copy "
+                               "into ComfyUI's output folder. Default sensitivity/table."}),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "Optional images to analyse as extra groups (e.g. style "
@@ -135,7 +136,7 @@ class ConduitSensitivityAnalysis(_TableNode):
         table = analyse(model, items, settings, ANALYSIS, progress=bar.update)
 
         saved = save_analysis_table(table, filename_prefix, ANALYSIS)
-        text = (f"saved {saved['name']} (in models/conduit_tables: pick it in {LOADER}; a copy is in the output "
+        text = (f"saved {saved['name']} (in conduit_tables: pick it in {LOADER}; a copy is in the output "
                 "folder)\n" + summary(table))
         log.info("%s: %s", ANALYSIS, text.splitlines()[0])
         ui = {"text": [text], "tables": [{"filename": saved["filename"], "subfolder": saved["subfolder"],

@@ -73,16 +73,17 @@ def table_for_family(family: str, kind: str = "style_qk", node: str = ANALYSIS_N
 def register_folder() -> list[str]:
     """Register the conduit_tables folder with ComfyUI's folder_paths (idempotent); returns its folders.
 
-    Default <models dir>/conduit_tables, first; folders the user added in extra_model_paths.yaml
-    (`conduit_tables: /path`) before the pack loaded are kept, after it (the pinned 2024 host created such an
-    entry with no extension filter; only .json files are listed)."""
+    Folders the user listed in extra_model_paths.yaml (`conduit_tables: /path`, read before the pack loads)
+    come first, in their order, then the default <models dir>/conduit_tables. New tables are written into the
+    first folder: a configured (e.g. shared) folder when there is one, else models/conduit_tables. Only .json
+    files are listed (the pinned 2024 host creates a yaml-only entry with no extension filter)."""
     import folder_paths
 
     default = os.path.join(folder_paths.models_dir, FOLDER)
     entry = folder_paths.folder_names_and_paths.get(FOLDER)
     paths = list(entry[0]) if entry else []
     if default not in paths:
-        paths.insert(0, default)
+        paths.append(default)
     if entry is None or list(entry[0]) != paths or set(entry[1]) != EXTENSIONS:
         folder_paths.folder_names_and_paths[FOLDER] = (paths, set(EXTENSIONS))
     return list(paths)
@@ -212,7 +213,8 @@ def resolve_table(source: Any, node: str = ANALYSIS_NODE) -> SensitivityTable:
 
 def save_analysis_table(table: SensitivityTable, filename_prefix: str, node: str = ANALYSIS_NODE) -> dict:
     """Write a new table as <prefix>_NNNNN_.json into the first conduit_tables folder (so it is listed by Load
-    Sensitivity Table) and the same file into ComfyUI's output folder (downloadable through /view).
+    Sensitivity Table) and the same file into ComfyUI's output folder (downloadable through /view). The first
+    folder is models/conduit_tables unless extra_model_paths.yaml lists conduit_tables folders.
 
     The prefix, counter and subfolder follow ComfyUI's image naming (get_save_image_path); the counter is the
     next one free in both folders. Returns {name, filename, subfolder, output_path, table_path}."""

@@ -387,7 +387,7 @@ def test_table_saved_by_analysis_is_listed(table_dir, tmp_path):
 
 
 def test_folder_registration_keeps_user_folders(monkeypatch, tmp_path):
-    """extra_model_paths.yaml `conduit_tables: ...` lines run before the pack loads; they are kept."""
+    """extra_model_paths.yaml `conduit_tables: ...` lines run before the pack loads; they are kept, first."""
     import folder_paths
 
     user = str(tmp_path / "my_tables")
@@ -396,8 +396,8 @@ def test_folder_registration_keeps_user_folders(monkeypatch, tmp_path):
     folder_paths.add_model_folder_path("conduit_tables", user)
     paths = tables.register_folder()
     default = str(tmp_path / "models" / "conduit_tables")
-    assert paths == [default, user] and folder_paths.folder_names_and_paths["conduit_tables"][1] == {".json"}
-    assert tables.register_folder() == [default, user]
+    assert paths == [user, default] and folder_paths.folder_names_and_paths["conduit_tables"][1] == {".json"}
+    assert tables.register_folder() == [user, default] == tables.table_folders()  # new tables go to the user's
     os.makedirs(user)
     (tmp_path / "my_tables" / "a.json").write_text(small_table_json())
     (tmp_path / "my_tables" / "notes.txt").write_text("x")
