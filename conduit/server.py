@@ -60,11 +60,14 @@ class ComfyServer:
         link = nodes / PACK_FOLDER
         if not link.exists():
             link.symlink_to(REPO_ROOT, target_is_directory=True)
-        for d in ("output", "input", "temp", "user", "frontend"):
+        for d in ("output", "input", "temp", "user", "frontend", "conduit_tables"):
             (self.workdir / d).mkdir(exist_ok=True)
         folders = [str(nodes)] + [str(p) for p in self.extra_node_dirs]
         yaml = self.workdir / "extra_model_paths.yaml"
-        yaml.write_text("conduit:\n    custom_nodes: |\n" + "".join(f"        {f}\n" for f in folders))
+        # Tables the analysis node saves go to the first conduit_tables folder: keep them in this server's
+        # work dir, never in the host's own models/ folder.
+        yaml.write_text("conduit:\n    custom_nodes: |\n" + "".join(f"        {f}\n" for f in folders)
+                        + f"    conduit_tables: {self.workdir / 'conduit_tables'}\n")
         return yaml
 
     def command(self) -> list[str]:
