@@ -6,13 +6,13 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_FLAGS ?= -p no:cacheprovider --import-mode=importlib -rs
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup host test test-unit test-host test-server demo bench eval clean
+.PHONY: setup host lint test test-unit test-host test-server demo bench eval clean
 
-$(VENV)/.ready: requirements-dev.txt
+$(VENV)/.ready: requirements-dev.txt constraints-dev.txt
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q $(TORCH_PINS)
-	$(VPY) -m pip install -q -r requirements-dev.txt
+	$(VPY) -m pip install -q -r requirements-dev.txt -c constraints-dev.txt
 	touch $@
 
 setup: $(VENV)/.ready
@@ -20,7 +20,10 @@ setup: $(VENV)/.ready
 host: setup
 	$(VPY) -m conduit host
 
-test: setup host
+lint: setup
+	$(VPY) -m ruff check .
+
+test: setup host lint
 	$(VPY) -m pytest $(PYTEST_FLAGS) tests
 
 test-unit: setup

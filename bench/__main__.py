@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             mod = importlib.import_module(f"bench.{name}")
             log.info("%s on %s", name, topology)
             rows += mod.cases(ctx)
-            write_rows(Path(args.out), merged(kept, rows))  # after every module, so a long run that is cut short keeps its rows
+            # after every module, so a long run that is cut short keeps its rows
+            write_rows(Path(args.out), merged(kept, rows))
     out = Path(args.out)
     rows = merged(kept, rows)
     write_rows(out, rows)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
 from .harness import Row, time_pair
 
 
 def cases(ctx) -> list[Row]:
-    analysis = pack_module("patches.analysis")
-    amath = pack_module("patches.analysis_math")
-    layers = pack_module("patches.layers")
+    import conduit_pack.patches.tables.analysis as analysis
+    import conduit_pack.patches.tables.analysis_math as amath
+    import conduit_pack.patches.engine.layers as layers
     base = ctx.model()
     layer_list = layers.attention_layers(base)
     sigmas = analysis.schedule_sigmas(base, ctx.steps, "euler", "normal")

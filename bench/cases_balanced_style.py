@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
 from .harness import Row, time_pair
 
 
 def style_table(model):
     """The shipped SDXL table on the full topology; on the tiny topology a synthetic table of its 8 layers."""
-    tables = pack_module("patches.tables")
-    layers = pack_module("patches.layers")
+    import conduit_pack.patches.tables.table as tables
+    import conduit_pack.patches.engine.layers as layers
     keys = [l.key for l in layers.attention_layers(model)]
     if len(keys) == 70:
         return tables.table_for_family("sdxl", "style_qk", "bench")
@@ -24,8 +24,8 @@ def style_table(model):
 
 
 def cases(ctx) -> list[Row]:
-    bs = pack_module("patches.balanced_style")
-    rb = pack_module("patches.reference_branch")
+    import conduit_pack.patches.conditional_balance.style as bs
+    import conduit_pack.patches.conditional_balance.reference as rb
     base = ctx.model()
     h, w = ctx.latent_hw
     ref = torch.randn(1, 4, h, w, generator=torch.Generator().manual_seed(0))

@@ -1,14 +1,14 @@
 """Vanilla sampling against itself (noise floor) and against a no-op attention replace on every layer."""
 from __future__ import annotations
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
 from .harness import Row, time_pair
 
 
 def cases(ctx) -> list[Row]:
-    attention = pack_module("patches.attention")
-    layers = pack_module("patches.layers")
+    import conduit_pack.patches.engine.attention as attention
+    import conduit_pack.patches.engine.layers as layers
     base = ctx.model()
     noop = base.clone()
     for layer in layers.attention_layers(noop):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from toymodel import build
 
 from .harness import Row, time_pair
@@ -15,7 +15,7 @@ from .harness import Row, time_pair
 
 
 def cases(ctx) -> list[Row]:
-    gate = pack_module("patches.controlnet_gate")
+    import conduit_pack.patches.conditional_balance.controlnet_gate as gate
     base = ctx.model()
     family = "sdxl" if ctx.topology == "tiny" else "sdxl_full"
     controlnet = build.build_controlnet(family, 1, device=ctx.device)

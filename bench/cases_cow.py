@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
 from .harness import Row, time_pair
 
@@ -15,7 +15,7 @@ REFERENCE_EVALS = 37
 
 
 def _seed(ctx):
-    cm = pack_module("patches.cow_math")
+    import conduit_pack.patches.cow.cow_math as cm
     h, w = ctx.latent_hw
     box = cm.snap_box(w * 2, 0, w * 4, h * 4, w * 8, h * 8)  # top centre, half the canvas side
     img = torch.rand(box.h, box.w, 3, generator=torch.Generator().manual_seed(0))
@@ -25,7 +25,7 @@ def _seed(ctx):
 def cases(ctx) -> list[Row]:
     import comfy.sample
 
-    cs = pack_module("patches.cow_sampler")
+    import conduit_pack.patches.cow.sampler as cs
     base = ctx.model()
     pos, neg = ctx.cond(1, 0), ctx.cond(1, 1)
     sig = cs.model_sigmas(base, "ddim_uniform", STEPS)

@@ -8,7 +8,7 @@ import time
 import torch
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
 from .harness import Row, time_pair
 
@@ -59,9 +59,9 @@ def _cpu_extra(ctx, b: float, p: float) -> dict:
 def cases(ctx) -> list[Row]:
     import comfy.samplers
 
-    gp = pack_module("patches.gradsam_pass")
-    gs = pack_module("patches.gradsam_sampler")
-    gm = pack_module("patches.gradsam_math")
+    import conduit_pack.patches.gradsam.gradient_pass as gp
+    import conduit_pack.patches.gradsam.sampler as gs
+    import conduit_pack.patches.gradsam.gradsam_math as gm
     model = ctx.model()
     pos, neg = ctx.cond(1, 0), ctx.cond(1, 1)
     h, w = ctx.latent_hw

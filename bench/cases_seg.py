@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
 from .harness import Row, time_pair
 from .meta_unet import flops
@@ -40,7 +40,7 @@ def _flop_ratio(ctx, base, patched, cfg: float) -> float:
 
 
 def cases(ctx) -> list[Row]:
-    seg = pack_module("patches.seg")
+    import conduit_pack.patches.seg.guidance as seg
     base = ctx.model()
 
     def patched(sigma: float, share: bool = True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
 from .cases_cow import STEPS, _seed
 from .harness import Row, time_pair
@@ -15,9 +15,9 @@ TARGET = 1.15
 def cases(ctx) -> list[Row]:
     import comfy.sample
 
-    sm = pack_module("patches.sow_math")
-    sa = pack_module("patches.sow_attention")
-    cs = pack_module("patches.cow_sampler")
+    import conduit_pack.patches.sow.sow_math as sm
+    import conduit_pack.patches.sow.modulation as sa
+    import conduit_pack.patches.cow.sampler as cs
     base = ctx.model()
     seed = _seed(ctx)
     related = sm.box_mask({"x": 0.15, "y": 0.3, "w": 0.7, "h": 0.7}, ctx.latent_hw)

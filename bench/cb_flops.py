@@ -20,19 +20,22 @@ if REPO not in sys.path:  # never in front of an imported host: the pack's nodes
     sys.path.append(REPO)
 
 from conduit.host import find_host, import_host  # noqa: E402
+import conduit_pack.patches.engine.attention  # noqa: E402
+import conduit_pack.patches.tables.table  # noqa: E402
 
 MARKER = "conduit_balanced_style"
 
 
 def ratios(side: int, batch: int, strength: float, rows: int) -> tuple[float, float]:
     """(mean, worst) patched/vanilla FLOP ratio of one CFG step over evenly spaced timestep rows of the table."""
-    from conduit.pack import pack_module
+    import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
     from .meta_unet import flops, inputs, sdxl_full_meta_unet, unet_call
 
-    bs, rb = pack_module("patches.balanced_style"), pack_module("patches.reference_branch")
-    inner = pack_module("patches.attention").default_attention
-    table = pack_module("patches.tables").table_for_family("sdxl", "style_qk", "bench")
+    import conduit_pack.patches.conditional_balance.style as bs
+    import conduit_pack.patches.conditional_balance.reference as rb
+    inner = conduit_pack.patches.engine.attention.default_attention
+    table = conduit_pack.patches.tables.table.table_for_family("sdxl", "style_qk", "bench")
     apply = unet_call(sdxl_full_meta_unet())
     settings = bs.StyleSettings(strength)
     cou = [0, 1]

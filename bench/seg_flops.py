@@ -11,13 +11,14 @@ import sys
 import types
 from pathlib import Path
 
-import torch
 
 REPO = str(Path(__file__).resolve().parent.parent)
 if REPO not in sys.path:  # never in front of an imported host: the pack's nodes/ would shadow ComfyUI's nodes
     sys.path.append(REPO)
 
 from conduit.host import find_host, import_host  # noqa: E402
+import conduit_pack.patches.engine.attention  # noqa: E402
+import conduit_pack.patches.engine.host  # noqa: E402
 
 MID_DEPTH = 10
 
@@ -27,13 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latent", type=int, nargs="+", default=[128, 32], help="square latent sides")
     args = p.parse_args(argv)
     import_host(find_host())
-    from conduit.pack import import_pack, pack_module
+    from conduit.pack import import_pack
 
     from .meta_unet import flops, inputs, meta_attention, sdxl_full_meta_unet, unet_call
 
     import_pack(run_init=False)
-    fork_mod, seg_attn = pack_module("patches.seg_fork"), pack_module("patches.seg_attention")
-    inner = pack_module("patches.attention").default_attention
+    import conduit_pack.patches.seg.fork as fork_mod
+    import conduit_pack.patches.seg.blur_attention as seg_attn
+    inner = conduit_pack.patches.engine.attention.default_attention
     unet = sdxl_full_meta_unet()
     apply = unet_call(unet)
     keys = [("middle", 0, i) for i in range(MID_DEPTH)]
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                                                lambda n, n2, f, s=sigma: seg_attn.blurred_attention(s, n, n2, f),
                                                lambda m, s: True)
                     x, t, c = inputs(len(cou), side, {"cond_or_uncond": cou})
-                    call = pack_module("patches.compat").ApplyCall(x, t, c, model, unet_fn)
+                    call = conduit_pack.patches.engine.host.ApplyCall(x, t, c, model, unet_fn)
                     slices = [s for k, s in fork_mod.chunk_slices(len(cou), cou) if k == 0]
                     forked = flops(lambda: fork._fork(call, 1.0, cou, slices, fork._fork_module(unet)))
                     replace = {"attn1": {k: seg_attn.blurred_attention(sigma)(inner) for k in keys}}

@@ -19,7 +19,9 @@ from urllib import parse
 from . import workflow
 from .host import REPO_ROOT, find_host, import_host
 from .jobs import Job, open_servers, parse_seeds, prepare_graph, run_jobs
-from .pack import import_pack, pack_module
+from .pack import import_pack
+import conduit_pack.patches.tables.heatmap  # noqa: E402
+import conduit_pack.patches.tables.tables_math  # noqa: E402
 
 log = logging.getLogger(__name__)
 WORKFLOW = "sensitivity_analysis"
@@ -28,7 +30,7 @@ NODE_CLASS = "ConduitSensitivityAnalysis"
 
 def _tables_math():
     """patches/tables_math.py without ComfyUI (the pack's package import needs a host)."""
-    return pack_module("patches.tables_math")
+    return conduit_pack.patches.tables.tables_math
 
 
 def _load(source: str | Path):
@@ -42,7 +44,7 @@ def render_heatmap(table_path: str | Path, out_png: str | Path, lambda_s: float 
                    features: list[str] | None = None) -> Path:
     """Draw a table file (or a shipped table name) as a PNG heatmap; used by `make demo`."""
     table = _load(table_path)
-    img = pack_module("patches.table_heatmap").render(table, lambda_s, features)
+    img = conduit_pack.patches.tables.heatmap.render(table, lambda_s, features)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
@@ -120,7 +122,7 @@ def analyse_in_process(groups: str, seeds: list[int], args: argparse.Namespace) 
 
     import_host(find_host())
     import_pack(run_init=False)
-    an = pack_module("patches.analysis")
+    import conduit_pack.patches.tables.analysis as an
     if args.checkpoint:
         import comfy.sd
 

@@ -22,11 +22,12 @@ import logging
 import numpy as np
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from toy import world
 
 from . import classifier, gen, measures, report
 from .gen import Toy, load_toy
+import conduit_pack.nodes  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ PAIRS = (
 
 
 def toy_style_table(toy: Toy, steps: int, seeds: int):
-    analysis = pack_module("patches.analysis")
+    import conduit_pack.patches.tables.analysis as analysis
     items = []
     for g, (color, texture) in enumerate(ANALYSIS_STYLES):
         for shape in ANALYSIS_SHAPES:
@@ -64,7 +65,7 @@ def reference_image(style: tuple[str, str, str], background: str, index: int) ->
 
 
 def styled_model(toy: Toy, lam: float, ref: np.ndarray, table):
-    node = pack_module("nodes").NODE_CLASS_MAPPINGS["ConduitBalancedStyle"]()
+    node = conduit_pack.nodes.NODE_CLASS_MAPPINGS["ConduitBalancedStyle"]()
     return node.patch(toy.model, style_strength=lam, adain_queries=True, adain_keys=True, share_attention=True,
                       reference_attention_scale=1.0, reference_attention_shift=0.0, start_percent=0.0,
                       end_percent=1.0, noise_seed=0, inversion_steps=0,
@@ -136,7 +137,7 @@ def controlled(toy: Toy, text: str, controlnet, hint: np.ndarray, lambda_t: floa
                                                                 1.0, 0.0, 1.0)[:2]
     if lambda_t is None:
         return pos, neg
-    node = pack_module("nodes").NODE_CLASS_MAPPINGS["ConduitControlNetTimestepGate"]()
+    node = conduit_pack.nodes.NODE_CLASS_MAPPINGS["ConduitControlNetTimestepGate"]()
     return node.gate(pos, neg, control_balance=lambda_t, gate_mid=False, invert=False)
 
 
@@ -180,7 +181,7 @@ def evaluate_lambda_t(toy: Toy, net, table, controlnet, lambda_ts=LAMBDA_TS, pai
                     "prompt_color": labels["color"][k] == c,
                 })
     summary_rows = []
-    for name, lam_s, on, lam_t in lambda_t_configs(lambda_ts):
+    for name, lam_s, _on, lam_t in lambda_t_configs(lambda_ts):
         rs = [r for r in rows if r["config"] == name]
         summary_rows.append({
             "config": name, "lambda_s": lam_s, "lambda_t": "" if lam_t is None else lam_t,
@@ -249,7 +250,7 @@ def run(quick: bool = False) -> dict:
     toy = load_toy()
     steps = 10 if quick else 20
     table = toy_style_table(toy, steps=steps, seeds=2 if quick else 3)
-    from_math = pack_module("patches.tables_math")
+    import conduit_pack.patches.tables.tables_math as from_math
     out = report.out_dir()
     from_math.save_table(table, out / "cb_toy_style_table.json")
     summary_rows, rows, images = evaluate(toy, net, table, pairs=PAIRS[:3] if quick else PAIRS,

@@ -16,11 +16,12 @@ import logging
 import numpy as np
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from toy import world
 
 from . import classifier, measures, report
 from .gen import Toy, load_toy
+import conduit_pack.nodes  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def schedule(toy: Toy, steps: int, scheduler: str = "ddim_uniform") -> torch.Ten
 def cow_sample(toy: Toy, text: str, canvas_latent, crop_latent, seed_geom, seed: int, steps: int, cfg: float):
     from comfy_extras.nodes_custom_sampler import SamplerCustom
 
-    cow = pack_module("nodes").NODE_CLASS_MAPPINGS
+    cow = conduit_pack.nodes.NODE_CLASS_MAPPINGS
     sigmas = schedule(toy, steps)
     pos, neg = toy.cond(text), toy.cond("")
     inversion, _ = cow["ConduitCOWInvert"]().invert(toy.model, pos, neg, sigmas, seed_geom, "crop alone", cfg, 0.7,
@@ -59,7 +60,7 @@ def cow_sample(toy: Toy, text: str, canvas_latent, crop_latent, seed_geom, seed:
 
 
 def evaluate(toy: Toy, net, cases=CASES, seeds: int = 2, steps: int = 10, cfg: float = 4.0):
-    seed_node = pack_module("nodes").NODE_CLASS_MAPPINGS["ConduitCOWSeedCanvas"]()
+    seed_node = conduit_pack.nodes.NODE_CLASS_MAPPINGS["ConduitCOWSeedCanvas"]()
     x, y, w, h = BOX
     box = np.zeros((world.SIZE, world.SIZE), bool)
     box[y:y + h, x:x + w] = True

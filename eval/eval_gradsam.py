@@ -17,11 +17,13 @@ import logging
 import numpy as np
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from toy import world
 
 from . import classifier, measures, report
 from .gen import Toy, load_toy
+import conduit_pack.nodes  # noqa: E402
+import conduit_pack.nodes.gradsam  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,10 @@ def dilate(mask: np.ndarray, px: int) -> np.ndarray:
 
 def gradsam_sample(toy: Toy, text: str, subject: str, ref_latent: torch.Tensor, denoise: float, seed: int,
                    steps: int, cfg: float, dilation: int) -> np.ndarray:
-    node = pack_module("nodes").NODE_CLASS_MAPPINGS["ConduitGradSAMKSampler"]()
+    node = conduit_pack.nodes.NODE_CLASS_MAPPINGS["ConduitGradSAMKSampler"]()
     out, _ = node.sample(toy.model, toy.cond(text), toy.cond(""), {"samples": ref_latent.clone()},
                          {"samples": ref_latent.clone()}, toy.clip, text, subject, seed, steps, cfg, "euler",
-                         "normal", denoise, pack_module("nodes.gradsam").DEFAULT_PERCENTS, 0,
+                         "normal", denoise, conduit_pack.nodes.gradsam.DEFAULT_PERCENTS, 0,
                          layers="last", score="abs", kappa=0.5, threshold_over="each subject", blur_sigma=1.0,
                          dilation=dilation, custom_layers="")
     return toy.decode(out["samples"])[0]

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from toy import world
 
 from . import classifier, measures, report
@@ -30,7 +30,7 @@ SCALES = (0.0, 1.0, 3.0, 5.0)
 
 
 def seg_model(toy: Toy, scale: float, sigma: float, layers: str = "middle"):
-    seg = pack_module("patches.seg")
+    import conduit_pack.patches.seg.guidance as seg
     return seg.apply_seg(toy.model, seg.SegSettings(scale=scale, sigma=sigma, layers=layers))
 
 
@@ -47,7 +47,8 @@ def pag_model(toy: Toy, scale: float):
     return node().patch(toy.model, scale)[0]
 
 
-def run_config(toy: Toy, net, model, prompts: list[str], seeds: int, cfg: float, steps: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def run_config(toy: Toy, net, model, prompts: list[str], seeds: int, cfg: float,
+               steps: int) -> tuple[np.ndarray, np.ndarray, dict]:
     imgs, labels_all = [], {k: [] for k in classifier.HEADS}
     for i, text in enumerate(prompts):
         out = toy.generate(text, seed=1000 + i, batch=seeds, model=model, cfg=cfg, steps=steps)

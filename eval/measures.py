@@ -51,7 +51,8 @@ def nearest_palette(img: np.ndarray, mask: np.ndarray | None = None) -> str:
     c = subject_color(img, mask)
     if np.isnan(c).any():
         return "none"
-    return min(PALETTE, key=lambda n: np.linalg.norm(chroma(c) - chroma(PALETTE[n])) + 0.3 * np.abs(c - PALETTE[n]).mean())
+    return min(PALETTE, key=lambda n: np.linalg.norm(chroma(c) - chroma(PALETTE[n]))
+               + 0.3 * np.abs(c - PALETTE[n]).mean())
 
 
 def texture_signature(img: np.ndarray, mask: np.ndarray | None = None, bands: int = 8) -> np.ndarray:

@@ -52,7 +52,8 @@ def evaluate(toy: Toy, net, captions, seeds: int = 4, base_seed: int = 0, **samp
                          "palette_dist": measures.palette_distance(img, c)})
     ref = reference_images(captions, seeds)
     _, ref_feats = classifier.predict(net, ref)
-    summary = {key: float(np.mean([r[f"{key}_ok"] for r in rows])) for key in ("shape", "color", "texture", "background")}
+    summary = {key: float(np.mean([r[f"{key}_ok"] for r in rows]))
+               for key in ("shape", "color", "texture", "background")}
     summary["all_ok"] = float(np.mean([r["shape_ok"] and r["color_ok"] and r["texture_ok"] and r["background_ok"]
                                        for r in rows]))
     summary["palette_dist"] = float(np.nanmean([r["palette_dist"] for r in rows]))

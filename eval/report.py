@@ -50,7 +50,8 @@ def grid(images: list[np.ndarray], cols: int, path: str | Path, scale: int = 2, 
     draw = ImageDraw.Draw(canvas)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        tile = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
+        tile = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
+        tile = tile.resize((w * scale, h * scale), Image.NEAREST)
         canvas.paste(tile, (c * w * scale, r * (h * scale + strip) + strip))
     if labels:
         for r, text in enumerate(labels[:rows]):
@@ -83,7 +84,8 @@ def line_plot(series: dict[str, list[tuple[float, float]]], path: str | Path, ti
     y0, y1 = y0 - pad, y1 + pad
 
     def px(x, y):
-        return (left + (x - x0) / (x1 - x0) * (w - left - right), h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom))
+        return (left + (x - x0) / (x1 - x0) * (w - left - right),
+                h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom))
 
     d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
     for i in range(5):

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..patches.errors import ConduitError
+from ..patches.engine.errors import ConduitError
 
 NUMBER_TYPES = ("FLOAT", "INT")
 

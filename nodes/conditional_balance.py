@@ -7,14 +7,15 @@ import os
 
 import torch
 
-from ..patches.balanced_style import StyleSettings, apply_balanced_style
-from ..patches.controlnet_gate import GateSettings, count_controls, gate_conditionings
-from ..patches.errors import ConduitError
-from ..patches.layers import model_family
-from ..patches.reference_branch import InvertedReference, NoisedReference
-from ..patches.safe_files import MAX_LORA_BYTES
-from ..patches.selective_lora import MODES, apply_selective_lora, check_lora_name, load_lora_file, static_style_layers
-from ..patches.tables import (
+from ..patches.conditional_balance.style import StyleSettings, apply_balanced_style
+from ..patches.conditional_balance.controlnet_gate import GateSettings, count_controls, gate_conditionings
+from ..patches.engine.errors import ConduitError
+from ..patches.engine.layers import model_family
+from ..patches.conditional_balance.reference import InvertedReference, NoisedReference
+from ..patches.engine.safe_files import MAX_LORA_BYTES
+from ..patches.conditional_balance.selective_lora import (MODES, apply_selective_lora, check_lora_name, load_lora_file,
+                                                          static_style_layers)
+from ..patches.tables.table import (
     SOCKET, SensitivityTable, check_lambda, resolve_table, table_for_family, validate_against,
 )
 

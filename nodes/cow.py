@@ -10,10 +10,10 @@ import logging
 
 import torch
 
-from ..patches import cow_math as cm
-from ..patches.cow_sampler import CowSpec, cow_sampler, invert_condition
-from ..patches.errors import ConduitError
-from ..patches.layers import model_family
+from ..patches.cow import cow_math as cm
+from ..patches.cow.sampler import CowSpec, cow_sampler, invert_condition
+from ..patches.engine.errors import ConduitError
+from ..patches.engine.layers import model_family
 from ._inputs import canvas_size
 from ._declare import conduit_node
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from ..patches.errors import ConduitError
+from ..patches.engine.errors import ConduitError
 from ._declare import conduit_node
 
 log = logging.getLogger(__name__)

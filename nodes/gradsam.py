@@ -11,12 +11,12 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ..patches import gradsam_math as gm
-from ..patches.errors import ConduitError
-from ..patches.gradsam_pass import LAYER_MODES, THRESHOLD_MODES, MaskSettings
-from ..patches.gradsam_sampler import GradSamRun, probe_mask
-from ..patches.gradsam_tokens import prompt_tokens, subject_tokens
-from ..patches.layers import model_family
+from ..patches.gradsam import gradsam_math as gm
+from ..patches.engine.errors import ConduitError
+from ..patches.gradsam.gradient_pass import LAYER_MODES, THRESHOLD_MODES, MaskSettings
+from ..patches.gradsam.sampler import GradSamRun, probe_mask
+from ..patches.gradsam.tokens import prompt_tokens, subject_tokens
+from ..patches.engine.layers import model_family
 from ._declare import conduit_node
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ class ConduitGradSAMMask:
         import comfy.samplers
         from comfy_extras.nodes_custom_sampler import SamplerCustom
 
-        from ..patches.compat import model_sampling
+        from ..patches.engine.host import model_sampling
 
         model_family(model, MASK_NODE)
         settings = build_settings(clip, prompt, subject, MASK_NODE, **mask)

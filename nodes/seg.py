@@ -1,8 +1,8 @@
 """Conduit Smoothed Energy Guidance: MODEL -> MODEL with the SEG guidance term added after CFG."""
 from __future__ import annotations
 
-from ..patches.seg import NODE, SegSettings, apply_seg
-from ..patches.seg_layers import PRESETS
+from ..patches.seg.guidance import NODE, SegSettings, apply_seg
+from ..patches.engine.layer_select import PRESETS
 from ._declare import conduit_node
 
 PAPER = "Smoothed Energy Guidance (Hong, NeurIPS 2024, arXiv 2408.00760)"

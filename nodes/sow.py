@@ -4,10 +4,10 @@ The paper lost its equations; the bias, decays and indicator here are Conduit's 
 """
 from __future__ import annotations
 
-from ..patches import sow_math as sm
-from ..patches.errors import ConduitError
-from ..patches.layers import model_family
-from ..patches.sow_attention import SowConfig, apply_sow
+from ..patches.sow import sow_math as sm
+from ..patches.engine.errors import ConduitError
+from ..patches.engine.layers import model_family
+from ..patches.sow.modulation import SowConfig, apply_sow
 from ._declare import conduit_node
 
 NODE = "Conduit SOW Attention"

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..patches import planner
-from ..patches.errors import ConduitError
+from ..patches.sow import planner
+from ..patches.engine.errors import ConduitError
 from ._inputs import canvas_size
 
 NODE = "Conduit MLLM Plan"

@@ -4,10 +4,10 @@ from __future__ import annotations
 import logging
 import os
 
-from ..patches.errors import ConduitError
-from ..patches.safe_files import MAX_TABLE_BYTES
-from ..patches.table_heatmap import MAX_HEIGHT, MAX_WIDTH, render, to_comfy_image
-from ..patches.tables import (
+from ..patches.engine.errors import ConduitError
+from ..patches.engine.safe_files import MAX_TABLE_BYTES
+from ..patches.tables.heatmap import MAX_HEIGHT, MAX_WIDTH, render, to_comfy_image
+from ..patches.tables.table import (
     SOCKET, check_lambda, legacy_name, load_named_table, register_folder, resolve_table, save_analysis_table,
     summary, table_names,
 )
@@ -114,7 +114,7 @@ class ConduitSensitivityAnalysis(_TableNode):
         import comfy.utils
         import nodes as comfy_nodes
 
-        from ..patches.analysis import AnalysisSettings, analyse, image_items, prompt_items
+        from ..patches.tables.analysis import AnalysisSettings, analyse, image_items, prompt_items
 
         def encode(text: str):
             return comfy_nodes.CLIPTextEncode().encode(clip, text)[0]

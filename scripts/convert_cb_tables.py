@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import conduit_pack.patches.tables.tables_math  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,9 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _tables_math():
     """patches/tables_math.py through the pack's pure-module import (no ComfyUI needed)."""
     sys.path.insert(0, ROOT)
-    from conduit.pack import pack_module
+    import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-    return pack_module("patches.tables_math")
+    return conduit_pack.patches.tables.tables_math
 
 
 CB_REPO = "Nadavc220/conditional-balance"

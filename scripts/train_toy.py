@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -223,7 +222,6 @@ def encode_dataset(args) -> None:
     path = args.work / "latents.pt"
     if path.exists():
         return
-    from toymodel import build
 
     ae, _ = load_trained_vae(args)
     scale = 0.18215  # ComfyUI's SD15 latent_format.scale_factor

@@ -41,10 +41,10 @@ def pytest_report_header(config):
 def mllm_stub():
     """A started tests/mllm_stub.py server; the pack's MLLM reply cache is cleared around it, so a test never
     reads another test's answers (server-tier runs keep their cache in the ComfyUI process, not here)."""
-    from conduit.pack import pack_module
+    import conduit  # noqa: F401  (registers conduit_pack for the imports below)
     from tests.mllm_stub import StubMLLM
 
-    mc = pack_module("patches.planner")
+    import conduit_pack.patches.sow.planner as mc
     mc.clear_cache()
     stub = StubMLLM().start()
     yield stub

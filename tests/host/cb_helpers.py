@@ -2,10 +2,10 @@
 seeded reference latent."""
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-tables = pack_module("patches.tables")
-layers = pack_module("patches.layers")
+import conduit_pack.patches.tables.table as tables
+import conduit_pack.patches.engine.layers as layers
 
 TABLE_T = [950, 600, 250]
 # Hand rankings per table row, most style-sensitive first, as positions in the tiny SDXL layer list

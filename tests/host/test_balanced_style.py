@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from tests.host.cb_helpers import K_RANKS, Q_RANKS, TABLE_T, hand_table, ref_latent, tiny_keys
 
-bs = pack_module("patches.balanced_style")
-rb = pack_module("patches.reference_branch")
-tables = pack_module("patches.tables")
-layers = pack_module("patches.layers")
-compat = pack_module("patches.compat")
-errors = pack_module("patches.errors")
-cbn = pack_module("nodes.conditional_balance")
+import conduit_pack.patches.conditional_balance.style as bs
+import conduit_pack.patches.conditional_balance.reference as rb
+import conduit_pack.patches.tables.table as tables
+import conduit_pack.patches.engine.host as compat
+import conduit_pack.patches.engine.errors as errors
+import conduit_pack.nodes.conditional_balance as cbn
+import conduit_pack.patches.engine.attention  # noqa: E402
 
 
 def expected_sets(model, sigma, n, timesteps=TABLE_T, q_ranks=Q_RANKS, k_ranks=K_RANKS):
@@ -120,7 +120,7 @@ def recording_model(tiny, calls):
     for key in tiny_keys(m):
         def rec(q, k, v, extra, key=key):
             calls.append((float(extra["sigmas"].flatten()[0]), key, q.shape[0], q.shape[1], k.shape[1]))
-            return pack_module("patches.attention").default_attention(q, k, v, extra)
+            return conduit_pack.patches.engine.attention.default_attention(q, k, v, extra)
         m.set_model_attn1_replace(rec, *key)
     return m
 
@@ -205,7 +205,7 @@ def test_outside_the_window_nothing_changes(tiny_sdxl):
     finally:
         handle.remove()
     ms = compat.model_sampling(tiny_sdxl.model)
-    steps = pack_module("patches.steps")
+    import conduit_pack.patches.engine.steps as steps
     for rows, _, _, sigma in seen:
         inside = steps.sigma_to_percent(ms, sigma) >= 0.4
         assert rows == (4 if inside else 2)

@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from tests.comfy_nodes.conduit_test_nodes import foreign_pack as fp
 from tests.host.cb_helpers import hand_table, ref_latent
 
-bs = pack_module("patches.balanced_style")
-rb = pack_module("patches.reference_branch")
-seg = pack_module("patches.seg")
-analysis = pack_module("patches.analysis")
-sow_nodes = pack_module("nodes.sow")
-cow_nodes = pack_module("nodes.cow")
-cm = pack_module("patches.cow_math")
+import conduit_pack.patches.conditional_balance.style as bs
+import conduit_pack.patches.conditional_balance.reference as rb
+import conduit_pack.patches.seg.guidance as seg
+import conduit_pack.patches.tables.analysis as analysis
+import conduit_pack.nodes.sow as sow_nodes
+import conduit_pack.nodes.cow as cow_nodes
+import conduit_pack.patches.cow.cow_math as cm
 
 HW = (16, 16)
 MIDDLE_LAST = [[0, 2, 3, 4, 5, 6, 7, 1]] * 3  # the PAG layer (middle) is never among the top half
@@ -127,7 +127,7 @@ def test_sensitivity_analysis_samples_with_the_other_packs_term(tiny_sdxl):
     short = stats(fp.short_key_pag(tiny_sdxl.model))
     full = stats(fp.full_key_pag(tiny_sdxl.model))
     assert (full - plain).abs().max() > 1e-4  # the extra pass changes the sampled images, hence the statistics
-    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(short, full, rtol=1e-4, atol=1e-5)  # rounding of two differently batched passes
 
 
 def test_core_pag_matches_the_stand_in_and_survives_balanced_style(tiny_sdxl):

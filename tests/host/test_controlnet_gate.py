@@ -3,13 +3,12 @@ import pytest
 import torch
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from tests.host.cb_helpers import hand_table, ref_latent
 from toymodel import build
 
-cbn = pack_module("nodes.conditional_balance")
-gate = pack_module("patches.controlnet_gate")
-compat = pack_module("patches.compat")
+import conduit_pack.nodes.conditional_balance as cbn
+import conduit_pack.patches.conditional_balance.controlnet_gate as gate
 
 
 def hint(hw=(32, 32), seed=0):
@@ -113,7 +112,7 @@ def test_chained_controlnets_are_all_gated(tiny_sdxl, controlnets):
     # a ControlNet applied after the gate is not gated
     later_pos, later_neg = apply_controlnet(gpos, gneg, controlnets[1], hint(seed=2))
     _, seen = run(tiny_sdxl, later_pos, later_neg)
-    for t, _, control in seen:
+    for _t, _, control in seen:
         assert all(control["output"]) and all(control["middle"])
 
 
@@ -166,8 +165,8 @@ def test_non_square_cfg1_and_controls_without_controlnet(tiny_sdxl, controlnets,
 
 def test_gate_with_balanced_style_reference_rows(tiny_sdxl, controlnets):
     """Style + gated ControlNet: reference rows get zero residuals, images keep theirs."""
-    bs = pack_module("patches.balanced_style")
-    rb = pack_module("patches.reference_branch")
+    import conduit_pack.patches.conditional_balance.style as bs
+    import conduit_pack.patches.conditional_balance.reference as rb
     m = bs.apply_balanced_style(tiny_sdxl.model, hand_table(tiny_sdxl.model), rb.NoisedReference(ref_latent(), 0),
                                 bs.StyleSettings(0.5))
     pos, neg = apply_controlnet(tiny_sdxl.cond(), tiny_sdxl.cond(seed=1), controlnets[0], hint())

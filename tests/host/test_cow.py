@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-cow = pack_module("nodes.cow")
-cm = pack_module("patches.cow_math")
-cs = pack_module("patches.cow_sampler")
-compat = pack_module("patches.compat")
-errors = pack_module("patches.errors")
+import conduit_pack.nodes.cow as cow
+import conduit_pack.patches.cow.cow_math as cm
+import conduit_pack.patches.cow.sampler as cs
+import conduit_pack.patches.engine.host as compat
+import conduit_pack.patches.engine.errors as errors
 
 CANVAS = (128, 96)  # width, height in pixels -> 16 x 12 latent
 

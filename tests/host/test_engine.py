@@ -3,16 +3,16 @@ import pytest
 import torch
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-layers = pack_module("patches.layers")
-steps = pack_module("patches.steps")
-batch = pack_module("patches.batch")
-grid = pack_module("patches.grid")
-attention = pack_module("patches.attention")
-run_state = pack_module("patches.run_state")
-compat = pack_module("patches.compat")
-errors = pack_module("patches.errors")
+import conduit_pack.patches.engine.layers as layers
+import conduit_pack.patches.engine.steps as steps
+import conduit_pack.patches.engine.batch as batch
+import conduit_pack.patches.engine.grid as grid
+import conduit_pack.patches.engine.attention as attention
+import conduit_pack.patches.engine.run_state as run_state
+import conduit_pack.patches.engine.host as compat
+import conduit_pack.patches.engine.errors as errors
 
 
 def test_layer_keys_sd15_and_sdxl(tiny_sd15, tiny_sdxl):

@@ -5,13 +5,14 @@ import logging
 import pytest
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from toymodel import build
 
-nodes = pack_module("nodes").NODE_CLASS_MAPPINGS
-gm = pack_module("patches.gradsam_math")
-gs = pack_module("patches.gradsam_sampler")
-errors = pack_module("patches.errors")
+import conduit_pack.nodes
+import conduit_pack.patches.engine.errors as errors
+import conduit_pack.patches.gradsam.gradsam_math as gm
+
+nodes = conduit_pack.nodes.NODE_CLASS_MAPPINGS
 
 PROMPT = "a photo of a cat sitting on a wooden bench in a park"
 LATENT = (32, 32)
@@ -82,7 +83,8 @@ def snapshot(model):
     sd = {k: v.detach().clone() for k, v in model.model.diffusion_model.state_dict().items()}
     flags = {k: (p.requires_grad, p.is_inference()) for k, p in model.model.diffusion_model.named_parameters()}
     to = model.model_options.get("transformer_options", {})
-    return sd, flags, repr(sorted(model.model_options)), repr(to.get("patches", {})), repr(to.get("patches_replace", {}))
+    return (sd, flags, repr(sorted(model.model_options)), repr(to.get("patches", {})),
+            repr(to.get("patches_replace", {})))
 
 
 def assert_same(a, b):
@@ -247,8 +249,8 @@ def test_no_subject_signal_keeps_everything(tiny_sd15, clips, monkeypatch, caplo
 
 def test_chains_to_another_packs_attention_replace(tiny_sdxl, clips):
     """Another pack's attn2 replace on the scored layer still runs (its value is kept) during the pass."""
-    attention = pack_module("patches.attention")
-    gp = pack_module("patches.gradsam_pass")
+    import conduit_pack.patches.engine.attention as attention
+    import conduit_pack.patches.gradsam.gradient_pass as gp
     clip = clips["sdxl"]
     key = gp.choose_layers(tiny_sdxl.model.model, "last", "", "t")[0].key
     model = tiny_sdxl.model.clone()

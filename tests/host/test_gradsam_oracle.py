@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-gp = pack_module("patches.gradsam_pass")
-gs = pack_module("patches.gradsam_sampler")
-layers_lib = pack_module("patches.layers")
-grid_lib = pack_module("patches.grid")
+import conduit_pack.patches.gradsam.gradient_pass as gp
+import conduit_pack.patches.gradsam.sampler as gs
+import conduit_pack.patches.engine.layers as layers_lib
+import conduit_pack.patches.engine.grid as grid_lib
 
 SUBJECTS = ((3,), (5, 6))
 LATENT = (8, 8)
@@ -74,7 +74,7 @@ def oracle_maps(base, x, sigma, pos_ctx, neg_ctx, keys, mode):
         with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
             jac.append(torch.autograd.functional.jacobian(lambda a_, k_=key: denoise(pos_ctx, {k_: a_}).flatten(), a))
     maps = []
-    for key, a, j in zip(keys, a0, jac):
+    for a, j in zip(a0, jac):
         g = torch.einsum("o,o...->...", w, j)  # the cotangent contraction, done on the full Jacobian
         weight = g.abs() if mode == "abs" else g.clamp_min(0)
         hw = grid_lib.token_grid(LATENT, a.shape[2])

@@ -1,11 +1,11 @@
 """Subject words -> token columns with ComfyUI's own tokenizers (tiny SD1.5 and SDXL CLIPs)."""
 import pytest
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from toymodel import build
 
-tokens = pack_module("patches.gradsam_tokens")
-errors = pack_module("patches.errors")
+import conduit_pack.patches.gradsam.tokens as tokens
+import conduit_pack.patches.engine.errors as errors
 NODE = "Conduit Grad-SAM Sampler"
 
 

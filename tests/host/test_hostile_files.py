@@ -11,16 +11,16 @@ import threading
 import pytest
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from tests.host.cb_helpers import hand_table
 from tests.host.test_selective_lora import tiny_lora
 
-errors = pack_module("patches.errors")
-tables = pack_module("patches.tables")
-tm = pack_module("patches.tables_math")
-sf = pack_module("patches.safe_files")
-cbn = pack_module("nodes.conditional_balance")
-tnodes = pack_module("nodes.tables")
+import conduit_pack.patches.engine.errors as errors
+import conduit_pack.patches.tables.table as tables
+import conduit_pack.patches.tables.tables_math as tm
+import conduit_pack.patches.engine.safe_files as sf
+import conduit_pack.nodes.conditional_balance as cbn
+import conduit_pack.nodes.tables as tnodes
 
 LORA = "Conduit Selective LoRA"
 LOADER = "Conduit Load Sensitivity Table"
@@ -430,13 +430,13 @@ def test_long_table_loads_summarises_and_draws_bounded(table_dir, monkeypatch):
     loaded, summary = load("long.json")
     assert loaded.num_layers == 4 and len(loaded.timesteps) == 30_000 and "30000 timesteps" in summary
     assert not lookups  # the summary sorts all rows at once: no per-timestep lookup (that was O(T^2))
-    hm = pack_module("patches.table_heatmap")
+    import conduit_pack.patches.tables.heatmap as hm
     (img,) = tnodes.ConduitSensitivityHeatmap().draw(loaded, 0.43, "all")
     assert img.shape[1] <= hm.MAX_HEIGHT and img.shape[2] <= hm.MAX_WIDTH  # the sweep got 342 x 180,128 px
 
 
 def test_heatmap_has_bounded_size_for_long_and_wide_tables():
-    hm = pack_module("patches.table_heatmap")
+    import conduit_pack.patches.tables.heatmap as hm
     for table in (long_table(30_000, 70), long_table(3, 5000)):
         (img,) = tnodes.ConduitSensitivityHeatmap().draw(table, 0.43, "all")
         assert img.shape[0] == 1 and img.shape[1] <= hm.MAX_HEIGHT and img.shape[2] <= hm.MAX_WIDTH

@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-nodes = pack_module("nodes")
-guard = pack_module("nodes._guard")
-errors = pack_module("patches.errors")
+import conduit_pack.nodes as nodes
+import conduit_pack.nodes._guard as guard
+import conduit_pack.patches.engine.errors as errors
 
 
 def cases():

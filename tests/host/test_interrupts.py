@@ -3,12 +3,12 @@ comfy.model_management's flag at every iteration (the flag is set here from insi
 import pytest
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from tests.host.cb_helpers import hand_table, ref_latent
 
-bs = pack_module("patches.balanced_style")
-rb = pack_module("patches.reference_branch")
-analysis = pack_module("patches.analysis")
+import conduit_pack.patches.conditional_balance.style as bs
+import conduit_pack.patches.conditional_balance.reference as rb
+import conduit_pack.patches.tables.analysis as analysis
 
 
 @pytest.fixture

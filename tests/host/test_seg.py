@@ -6,13 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-seg = pack_module("patches.seg")
-compat = pack_module("patches.compat")
-layers_mod = pack_module("patches.layers")
-errors = pack_module("patches.errors")
-node_mod = pack_module("nodes.seg")
+import conduit_pack.patches.seg.guidance as seg
+import conduit_pack.patches.engine.host as compat
+import conduit_pack.patches.engine.layers as layers_mod
+import conduit_pack.patches.engine.errors as errors
+import conduit_pack.nodes.seg as node_mod
+import conduit_pack.patches.engine.layer_select  # noqa: E402
 NODE = node_mod.ConduitSmoothedEnergyGuidance
 
 
@@ -92,7 +93,7 @@ def seg_between_recorders(base, settings, sigma_oracle=None):
     chosen = [l for l in layers_mod.attention_layers(base) if l.block == "middle"] \
         if settings.layers == "middle" else None
     if chosen is None:
-        chosen = pack_module("patches.seg_layers").select_layers(
+        chosen = conduit_pack.patches.engine.layer_select.select_layers(
             layers_mod.attention_layers(base), settings.layers, settings.custom_layers, "t")
     sig = settings.sigma if sigma_oracle is None else sigma_oracle
     rec = Recorder(chosen, -1.0 if (sig < 0 or math.isinf(sig)) else sig)
@@ -408,8 +409,8 @@ def test_composes_with_comfyui_pag_node(tiny_sdxl, host, order):
 def test_infinite_blur_attends_one_query_and_equals_full_attention(monkeypatch):
     import comfy.ldm.modules.attention as cattn
 
-    sa = pack_module("patches.seg_attention")
-    attention = pack_module("patches.attention")
+    import conduit_pack.patches.seg.blur_attention as sa
+    import conduit_pack.patches.engine.attention as attention
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, 48, 32, generator=g) for _ in range(3))
     extra = {"n_heads": 2, "original_shape": [3, 4, 12, 16]}
@@ -436,8 +437,8 @@ def test_infinite_blur_attends_one_query_and_equals_full_attention(monkeypatch):
 @pytest.mark.parametrize("order,cfg", [("style_first", 5.0), ("seg_first", 5.0), ("seg_first", 1.0)])
 def test_composes_with_conduit_balanced_style(tiny_sdxl, order, cfg):
     """SEG with Conduit's style injection (reference rows in the batch, attn1 replaces on every layer)."""
-    bs = pack_module("patches.balanced_style")
-    rb = pack_module("patches.reference_branch")
+    import conduit_pack.patches.conditional_balance.style as bs
+    import conduit_pack.patches.conditional_balance.reference as rb
     from tests.host.cb_helpers import hand_table, ref_latent
 
     def style(model):

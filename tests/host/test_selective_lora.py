@@ -3,11 +3,12 @@ import pytest
 import torch
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from tests.host.cb_helpers import hand_table, tiny_keys
 
-cbn = pack_module("nodes.conditional_balance")
-sl = pack_module("patches.selective_lora")
+import conduit_pack.nodes.conditional_balance as cbn
+import conduit_pack.patches.conditional_balance.selective_lora as sl
+import conduit_pack.patches.engine.errors  # noqa: E402
 
 ATTN = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_out.0")
 
@@ -96,7 +97,7 @@ def test_no_matching_keys_warns_and_returns_model_unchanged(tiny_sdxl, caplog):
 def test_static_style_layers_on_shipped_sdxl_table_match_b_lora_blocks():
     """With lambda_S = 0.57 the official table's static style set holds B-LoRA's style block (output 1, the
     InstantStyle block) in part and never B-LoRA's content block (output 0) or the middle block."""
-    tables = pack_module("patches.tables")
+    import conduit_pack.patches.tables.table as tables
     style = set(sl.static_style_layers(tables.table_for_family("sdxl", "style_qk", "t"), 0.57))
     assert not any(k[:2] == ("output", 0) for k in style)
     assert not any(k[0] == "middle" for k in style)
@@ -114,5 +115,5 @@ def test_node_loads_lora_file(tiny_sdxl, tmp_path, monkeypatch):
     (m,) = node.apply(tiny_sdxl.model, "tiny_style.safetensors", 1.0, 0.5, "style layers",
                       hand_table(tiny_sdxl.model))
     assert len(m.patches) == 6 * len(expected_style_layers(tiny_sdxl.model, 0.5))
-    with pytest.raises(pack_module("patches.errors").ConduitError, match="Sensitivity Analysis"):
+    with pytest.raises(conduit_pack.patches.engine.errors.ConduitError, match="Sensitivity Analysis"):
         node.apply(tiny_sdxl.model, "tiny_style.safetensors", 1.0, 0.5, "style layers")  # shipped 70-layer table

@@ -5,17 +5,18 @@ import pytest
 import torch
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-sow = pack_module("nodes.sow")
-cow = pack_module("nodes.cow")
-cm = pack_module("patches.cow_math")
-sm = pack_module("patches.sow_math")
-sa = pack_module("patches.sow_attention")
-attention = pack_module("patches.attention")
-layers = pack_module("patches.layers")
-compat = pack_module("patches.compat")
-errors = pack_module("patches.errors")
+import conduit_pack.nodes.sow as sow
+import conduit_pack.nodes.cow as cow
+import conduit_pack.patches.cow.cow_math as cm
+import conduit_pack.patches.sow.sow_math as sm
+import conduit_pack.patches.sow.modulation as sa
+import conduit_pack.patches.engine.attention as attention
+import conduit_pack.patches.engine.layers as layers
+import conduit_pack.patches.engine.host as compat
+import conduit_pack.patches.engine.errors as errors
+import conduit_pack.patches.cow.sampler  # noqa: E402
 
 RELATED = {"x": 0.1, "y": 0.3, "w": 0.8, "h": 0.7}
 
@@ -116,7 +117,7 @@ def test_chains_existing_replace_and_acts_only_in_cycles(tiny_sd15):
     pos, neg = tiny_sd15.cond(seed=0), tiny_sd15.cond(seed=1)
     import comfy.sample
 
-    sig = pack_module("patches.cow_sampler").model_sigmas(m, "ddim_uniform", 10)
+    sig = conduit_pack.patches.cow.sampler.model_sigmas(m, "ddim_uniform", 10)
     lx, ly, lw, lh = seed.box.latent
     crop = {"samples": torch.randn(1, 4, lh, lw, generator=torch.Generator().manual_seed(2))}
     canvas = torch.randn(1, 4, 12, 16, generator=torch.Generator().manual_seed(3))

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-node_mod = pack_module("nodes.sow_mllm")
-errors = pack_module("patches.errors")
+import conduit_pack.nodes.sow_mllm as node_mod
+import conduit_pack.patches.engine.errors as errors
 
 KEY = "sk-host-test-SECRET-42"
 MANUAL = {"x": 0.25, "y": 0.0, "w": 0.5, "h": 0.5}
@@ -102,7 +102,7 @@ def test_sanitized_prompts_are_safe_for_comfyui_own_parser(text):
     """The host's own prompt-weight parser (what CLIPTextEncode runs) sees only weights in 0..2."""
     import comfy.sd1_clip as sd1
 
-    reply = pack_module("patches.planner.reply")
+    import conduit_pack.patches.sow.planner.reply as reply
     out, _ = reply.sanitize_prompt(text)
     weights = [w for _, w in sd1.token_weights(sd1.escape_important(out), 1.0)]
     assert weights and all(0.0 <= w <= 2.0 for w in weights), (out[:200], weights[:10])

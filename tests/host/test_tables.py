@@ -5,14 +5,16 @@ import pytest
 import torch
 
 from conduit import testing
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from toymodel import build
 
-tables = pack_module("patches.tables")
-analysis = pack_module("patches.analysis")
-amath = pack_module("patches.analysis_math")
-layers = pack_module("patches.layers")
-errors = pack_module("patches.errors")
+import conduit_pack.patches.tables.table as tables
+import conduit_pack.patches.tables.analysis as analysis
+import conduit_pack.patches.engine.layers as layers
+import conduit_pack.patches.engine.errors as errors
+import conduit_pack.nodes.tables  # noqa: E402
+import conduit_pack.patches.engine.attention  # noqa: E402
+import conduit_pack.patches.engine.batch  # noqa: E402
 
 
 def meta_unet(family_config: dict, head_channels: int, cls_name: str = "SDXL"):
@@ -130,7 +132,7 @@ def test_collected_statistics_are_the_attention_inputs_and_chain(tiny_sdxl):
             return inner(q, k, v, extra)
         return other_pack
 
-    pack_module("patches.attention").set_replace(model, "attn1", key, make)
+    conduit_pack.patches.engine.attention.set_replace(model, "attn1", key, make)
     layer_list = layers.attention_layers(model)
     sigmas = analysis.schedule_sigmas(model, 2, "euler", "normal")
     collector = analysis.StatsCollector(layer_list, sigmas)
@@ -144,7 +146,7 @@ def test_collected_statistics_are_the_attention_inputs_and_chain(tiny_sdxl):
     for step, sigma in enumerate(sigmas[:-1].tolist()):
         (calls,) = [val for s, val in seen.items() if abs(s - sigma) < 1e-4 * sigma]
         ((q, k, v, cou),) = calls  # cond and uncond in one batched call at this size
-        for kind, rows in pack_module("patches.batch").chunk_slices(q.shape[0], cou):
+        for kind, rows in conduit_pack.patches.engine.batch.chunk_slices(q.shape[0], cou):
             slot = 1 if kind == 0 else 0
             for fi, x in enumerate((q, k, v)):
                 x = x[rows].double()
@@ -186,7 +188,7 @@ def test_empty_or_single_groups_get_a_clear_error(tiny_sdxl):
 def test_analysis_node_writes_a_table_and_heatmap_draws_it(pack, tiny_sdxl, tmp_path, monkeypatch):
     import folder_paths
 
-    nodes = pack_module("nodes.tables").NODE_CLASS_MAPPINGS
+    nodes = conduit_pack.nodes.tables.NODE_CLASS_MAPPINGS
     clip = build.build_clip("sdxl", 1)
     vae = build.build_vae(2)
     images = torch.rand(4, 64, 64, 3)
@@ -244,8 +246,9 @@ def test_diffusers_mapping_covers_a_full_sd15_unet():
     """SD1.x: attention in down levels 0-2 and up levels 1-3; every diffusers name lands on a real layer."""
     model = meta_unet(SD15_FULL_UNET, 40, "SD15")
     keys = [layer.key for layer in layers.attention_layers(model)]
-    names = ([f"down_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1.processor" for b in range(3) for a in range(2)]
-             + [f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1.processor" for b in (1, 2, 3) for a in range(3)]
+    attn1 = "transformer_blocks.0.attn1.processor"
+    names = ([f"down_blocks.{b}.attentions.{a}.{attn1}" for b in range(3) for a in range(2)]
+             + [f"up_blocks.{b}.attentions.{a}.{attn1}" for b in (1, 2, 3) for a in range(3)]
              + ["mid_block.attentions.0.transformer_blocks.0.attn1.processor"])
     mapped = [tables.diffusers_attn1_key(n) for n in names]
     assert len(keys) == 16 and set(mapped) == set(keys)

@@ -3,14 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
 from eval import classifier, measures, quality
 from eval.gen import Toy, load_toy
 from toy import world
 
-layers = pack_module("patches.layers")
-demo = pack_module("nodes.demo_model")
+import conduit_pack.patches.engine.layers as layers
+import conduit_pack.nodes.demo_model as demo
+import conduit_pack.nodes  # noqa: E402
 
 STEPS = 12
 
@@ -27,7 +28,7 @@ def net():
 
 def test_demo_loader_node_under_inference_mode():
     node = demo.ConduitDemoToyModelLoader()
-    assert node.CATEGORY == "conduit/demo" and "demo only" in pack_module("nodes").NODE_DISPLAY_NAME_MAPPINGS[
+    assert node.CATEGORY == "conduit/demo" and "demo only" in conduit_pack.nodes.NODE_DISPLAY_NAME_MAPPINGS[
         "ConduitDemoToyModelLoader"]
     with torch.inference_mode():
         model, clip, vae = node.load()

@@ -5,11 +5,11 @@ import pytest
 from PIL import Image
 
 from conduit import workflow
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from tests.host.cb_helpers import hand_table
 from tests.server.table_folder import server_tables_fixture  # noqa: F401  (the fixture server_tables)
 
-tm = pack_module("patches.tables_math")
+import conduit_pack.patches.tables.tables_math as tm
 TABLE_NAME = "conduit_tests/tiny_sdxl_test_table.json"  # in the server's models/conduit_tables
 
 

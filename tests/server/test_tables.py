@@ -9,10 +9,10 @@ from PIL import Image
 from conduit import workflow
 from conduit.cli_tables import fetch_tables
 from conduit.host import REPO_ROOT
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from tests.server.table_folder import server_tables_fixture  # noqa: F401  (the fixture server_tables)
 
-tm = pack_module("patches.tables_math")
+import conduit_pack.patches.tables.tables_math as tm
 
 
 def small(graph):

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-sm = pack_module("patches.style_math")
-gate = pack_module("patches.controlnet_gate")
+import conduit_pack.patches.conditional_balance.style_math as sm
+import conduit_pack.patches.conditional_balance.controlnet_gate as gate
 
 
 def loop_adain(x, ref):

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-cm = pack_module("patches.cow_math")
-errors = pack_module("patches.errors")
+import conduit_pack.patches.cow.cow_math as cm
+import conduit_pack.patches.engine.errors as errors
 
 NODE = "Test Node"
 
@@ -176,7 +176,7 @@ def test_reference_compatible_renoise_reproduces_official_constants():
 def renoised_by_the_sampler(mode, x_lo, sigmas, seed=0):
     """Run the pack's COW sampler (one cycle, a model that predicts 0) and return the latent right after its
     renoise op. The in-place inversion's level `bottom` is the background seed, so the op starts from x_lo."""
-    cs = pack_module("patches.cow_sampler")
+    import conduit_pack.patches.cow.sampler as cs
     plan = cm.cycle_plan(len(sigmas) - 1, 0.7, 0.5, 0.4, 1, NODE)
     start = torch.randn(x_lo.shape, generator=torch.Generator().manual_seed(99), dtype=x_lo.dtype)
     levels = {k: torch.zeros_like(x_lo) for k in plan.levels_needed}

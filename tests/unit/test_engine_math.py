@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conduit.host import REPO_ROOT as REPO
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-grid = pack_module("patches.grid")
-batch = pack_module("patches.batch")
-schedule = pack_module("patches.schedule")
+import conduit_pack.patches.engine.grid as grid
+import conduit_pack.patches.engine.batch as batch
+import conduit_pack.patches.engine.schedule as schedule
 
 
 def unet_strides(h, w, levels=4):
@@ -67,14 +67,16 @@ def test_percent_from_timestep_inverts_comfy_convention():
         assert schedule.percent_from_timestep((1 - p) * 999) == pytest.approx(p)
 
 
-PURE = ["patches.grid", "patches.batch", "patches.schedule", "patches.errors"] + sorted(
-    f"patches.{p.stem}" for p in (REPO / "patches").glob("*_math.py"))
+PURE = ["patches.engine.grid", "patches.engine.batch", "patches.engine.schedule", "patches.engine.errors",
+        "patches.engine.phases", "patches.engine.safe_files"] + sorted(
+    ".".join(p.relative_to(REPO).with_suffix("").parts) for p in (REPO / "patches").rglob("*_math.py"))
 
 
 def test_pure_modules_import_without_comfyui():
-    """Convention: patches/*_math.py and the engine's pure modules never import comfy."""
-    code = ("import sys; sys.path.insert(0, '.'); from conduit.pack import pack_module; "
-            f"[pack_module(m) for m in {PURE!r}]; "
+    """Convention: patches/**/*_math.py and the engine's pure modules never import comfy."""
+    assert len(PURE) >= 13  # the engine modules above plus the seven *_math modules
+    code = ("import sys; sys.path.insert(0, '.'); import conduit; "
+            + "".join(f"import conduit_pack.{m}; " for m in PURE) +
             "bad = [k for k in sys.modules if k == 'comfy' or k.startswith('comfy.')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

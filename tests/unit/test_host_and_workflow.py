@@ -46,7 +46,8 @@ def test_missing_host_message_names_the_variable(tmp_path, monkeypatch):
 
 OBJECT_INFO = {
     "Loader": {"input": {"required": {"ckpt_name": [["a.safetensors", "b.safetensors"], {}]}},
-               "input_order": {"required": ["ckpt_name"]}, "output": ["MODEL", "CLIP"], "output_name": ["MODEL", "CLIP"]},
+               "input_order": {"required": ["ckpt_name"]}, "output": ["MODEL", "CLIP"],
+               "output_name": ["MODEL", "CLIP"]},
     "Sampler": {"input": {"required": {"model": ["MODEL", {}], "seed": ["INT", {"default": 0}],
                                        "cfg": ["FLOAT", {"default": 8.0}], "name": [["euler", "heun"], {}]},
                           "optional": {"note": ["STRING", {"default": "x"}]}},

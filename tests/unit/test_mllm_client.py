@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-mc = pack_module("patches.planner")
-errors = pack_module("patches.errors")
+import conduit_pack.patches.sow.planner as mc
+import conduit_pack.patches.engine.errors as errors
 
 NODE = "Test MLLM"
 KEY = "sk-test-0123456789-SECRET"
@@ -189,7 +189,6 @@ def test_client_imports_without_comfyui():
 
     from conduit.host import REPO_ROOT
 
-    code = ("import sys; sys.path.insert(0, '.'); from conduit.pack import pack_module; "
-            "pack_module('patches.planner'); "
+    code = ("import sys; sys.path.insert(0, '.'); import conduit; import conduit_pack.patches.sow.planner; "
             "bad = [k for k in sys.modules if k == 'comfy' or k.startswith('comfy.')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

@@ -10,14 +10,14 @@ import tracemalloc
 
 import pytest
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from tests.mllm_stub import StubMLLM
 
-planner = pack_module("patches.planner")
-transport = pack_module("patches.planner.transport")
-reply = pack_module("patches.planner.reply")
-secrets = pack_module("patches.planner.secrets")
-errors = pack_module("patches.errors")
+import conduit_pack.patches.sow.planner as planner
+import conduit_pack.patches.sow.planner.transport as transport
+import conduit_pack.patches.sow.planner.reply as reply
+import conduit_pack.patches.sow.planner.secrets as secrets
+import conduit_pack.patches.engine.errors as errors
 
 NODE = "Test MLLM"
 KEY = "sk-test-0123456789-SECRET"
@@ -481,9 +481,9 @@ def test_planner_modules_import_without_comfyui():
 
     from conduit.host import REPO_ROOT
 
-    mods = ["patches.planner"] + [f"patches.planner.{m}" for m in ("transport", "prompts", "reply", "cache",
+    mods = ["patches.sow.planner"] + [f"patches.sow.planner.{m}" for m in ("transport", "prompts", "reply", "cache",
                                                                      "secrets", "plan", "endpoint")]
-    code = ("import sys; sys.path.insert(0, '.'); from conduit.pack import pack_module; "
-            f"[pack_module(m) for m in {mods!r}]; "
+    code = ("import sys; sys.path.insert(0, '.'); import conduit; "
+            + "".join(f"import conduit_pack.{m}; " for m in mods) +
             "bad = [k for k in sys.modules if k == 'comfy' or k.startswith('comfy.')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

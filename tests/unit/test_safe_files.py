@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-sf = pack_module("patches.safe_files")
-errors = pack_module("patches.errors")
+import conduit_pack.patches.engine.safe_files as sf
+import conduit_pack.patches.engine.errors as errors
 
 
 def depth(x) -> int:

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-sm = pack_module("patches.seg_math")
-sl = pack_module("patches.seg_layers")
-layers_mod = pack_module("patches.layers")
-errors = pack_module("patches.errors")
+import conduit_pack.patches.seg.seg_math as sm
+import conduit_pack.patches.engine.layer_select as sl
+import conduit_pack.patches.engine.layers as layers_mod
+import conduit_pack.patches.engine.errors as errors
 
 
 def official_taps(k: int, sigma: float) -> torch.Tensor:

@@ -6,9 +6,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-sm = pack_module("patches.sow_math")
+import conduit_pack.patches.sow.sow_math as sm
 
 
 def plain_attention(q, k, v, d):

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-am = pack_module("patches.analysis_math")
+import conduit_pack.patches.tables.analysis_math as am
 
 
 def random_stats(m, d, seed=0):
@@ -100,7 +100,8 @@ def test_fixed_grouping_detects_a_perfect_style_layer_that_the_reference_windows
     windows = reference_windows(styles, n)
     windows = [[i for i in w if i < styles * n] for w in windows]
     dist = am.pairwise_jsd(mu, sd)
-    intra = sum(float(dist[i, j]) for w in windows for i, j in itertools.combinations(w, 2)) / (styles * math.comb(n, 2))
+    intra = (sum(float(dist[i, j]) for w in windows for i, j in itertools.combinations(w, 2))
+             / (styles * math.comb(n, 2)))
     inter = float(dist[~(torch.tensor(labels)[:, None] == torch.tensor(labels)[None])].sum() / 2) / (
         math.comb(styles, 2) * n * n)
     assert intra / inter > 100 * fixed  # the reference's grouping hides the layer

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conduit.host import REPO_ROOT as REPO
-from conduit.pack import pack_module
+import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-tm = pack_module("patches.tables_math")
-errors = pack_module("patches.errors")
+import conduit_pack.patches.tables.tables_math as tm
+import conduit_pack.patches.engine.errors as errors
 GRADINGS = Path(REPO).parent / "shared" / "data" / "cb_gradings.json"
 SHIPPED = {"sdxl_style_qk": "sdxl_style_layer_grading", "sdxl_style_qkv": "sdxl_style_balance_grading_v",
            "sd35l_style_qkv": "sd35L_gradingSd35L"}

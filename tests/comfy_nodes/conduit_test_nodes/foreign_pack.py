@@ -11,7 +11,6 @@ It does what sd-perturbed-attention and core PerturbedAttentionGuidance do, writ
 """
 from __future__ import annotations
 
-import torch
 
 PAG_LAYERS = (("middle", 0),)
 

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from . import style_math
-from .compat import has_patcher_extension
-from .run_state import RunState
+from ..engine.host import has_patcher_extension
+from ..engine.run_state import RunState
 
 ApplyFn = Callable[..., torch.Tensor]  # apply(x, t, **c) like BaseModel.apply_model
 # planner(apply, x, t, c) -> None (run unchanged) or (reference latent at this sigma [1, C, H, W], value for the marker)

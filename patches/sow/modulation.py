@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 import torch
 
 from . import sow_math as sm
-from .attention import set_replace
-from .batch import COND, kind_mask
-from .compat import model_sampling
-from .cow_sampler import PHASE_KEY
-from .grid import token_grid
-from .layers import attention_layers
-from .seg_layers import layer_list
-from .steps import sigma_to_percent
+from ..engine.attention import set_replace
+from ..engine.batch import COND, kind_mask
+from ..engine.host import model_sampling
+from ..engine.phases import PHASE_KEY
+from ..engine.grid import token_grid
+from ..engine.layers import attention_layers
+from ..engine.layer_select import layer_list
+from ..engine.steps import sigma_to_percent
 
 log = logging.getLogger(__name__)
 

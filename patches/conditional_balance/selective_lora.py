@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from . import style_math
-from .safe_files import MAX_LORA_BYTES, load_safetensors, refuse_unless_safetensors
-from .tables import SensitivityTable
+from ..engine.safe_files import MAX_LORA_BYTES, load_safetensors, refuse_unless_safetensors
+from ..tables import SensitivityTable
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from . import seg_math
-from .attention import options_set_replace
-from .errors import ConduitError
-from .layers import AttentionLayer, attention_layers, model_family
-from .seg_attention import blurred_attention
-from .compat import install_apply_wrapper
-from .seg_fork import PrefixFork
-from .seg_layers import select_layers
+from ..engine.attention import options_set_replace
+from ..engine.errors import ConduitError
+from ..engine.layers import AttentionLayer, attention_layers, model_family
+from .blur_attention import blurred_attention
+from ..engine.host import install_apply_wrapper
+from .fork import PrefixFork
+from ..engine.layer_select import select_layers
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class _Window:
         self._bounds: dict[int, tuple[float, float]] = {}
 
     def contains(self, model_sampling, sigma: float) -> bool:
-        from .steps import percent_to_sigma
+        from ..engine.steps import percent_to_sigma
 
         b = self._bounds.get(id(model_sampling))
         if b is None:
@@ -97,12 +97,12 @@ def apply_seg(model_patcher, settings: SegSettings, node: str = NODE):
         uid = uuid.uuid4().hex[:12]
         fork = PrefixFork(uid, where, keys, lambda n, n_new, flag: blurred_attention(sigma, n, n_new, flag), active)
         install_apply_wrapper(m, f"conduit_seg_{uid}", fork)
-        from .run_state import attach_run_reset
+        from ..engine.run_state import attach_run_reset
 
         attach_run_reset(m, f"conduit_seg_{uid}", fork.state)
 
     def separate_pass(args: dict) -> torch.Tensor:
-        from .compat import calc_cond_batch
+        from ..engine.host import calc_cond_batch
 
         opts = args["model_options"] if fork is None else fork.separate_pass_options(args["model_options"])
         for key in keys:

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .errors import ConduitError
-from .safe_files import MAX_TABLE_BYTES, read_json
+from ..engine.errors import ConduitError
+from ..engine.safe_files import MAX_TABLE_BYTES, read_json
 
 SCHEMA_ID = "conduit.sensitivity_table"
 TABLE_VERSION = 1

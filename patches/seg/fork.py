@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from .batch import COND, chunk_slices
-from .compat import ApplyCall
-from .run_state import RunState
+from ..engine.batch import COND, chunk_slices
+from ..engine.host import ApplyCall
+from ..engine.run_state import RunState
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,8 @@ class PrefixFork:
         return next((m for m in container if isinstance(m, SpatialTransformer)), None)
 
     def _fork(self, call: ApplyCall, sigma: float, cou: list, slices: list[slice], fork_module) -> torch.Tensor:
-        from .attention import chain_at
-        from .compat import options_with_replace
+        from ..engine.attention import chain_at
+        from ..engine.host import options_with_replace
 
         n = call.x.shape[0]
         src = torch.cat([torch.arange(s.start, s.stop) for s in slices]).to(call.x.device)
@@ -307,7 +307,7 @@ class PrefixFork:
 
     def replay(self, args: dict) -> torch.Tensor | None:
         """The stashed blurred cond prediction for this post-CFG call, or None if the fork did not cover it."""
-        from .compat import calc_cond_batch, options_with_transformer_keys
+        from ..engine.host import calc_cond_batch, options_with_transformer_keys
 
         sigma = float(torch.as_tensor(args["sigma"]).flatten()[0])
         win = self.state.at(sigma)
@@ -329,6 +329,6 @@ class PrefixFork:
 
     def separate_pass_options(self, model_options: dict) -> dict:
         """Options for the ordinary blurred pass: this fork stays out of it."""
-        from .compat import options_with_transformer_keys
+        from ..engine.host import options_with_transformer_keys
 
         return options_with_transformer_keys(model_options, **{self.skip_key: True})

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import torch
 
 from . import gradsam_math as gm
-from .batch import COND, chunk_slices
-from .compat import calc_cond_batch
-from .errors import ConduitError
-from .grid import token_grid
-from .gradsam_attention import PassHooks, pass_options
-from .gradsam_tail import autograd_ready, tail_modules
-from .layers import AttentionLayer, attention_layers
-from .seg_layers import custom_list, named_layers
+from ..engine.batch import COND, chunk_slices
+from ..engine.host import calc_cond_batch
+from ..engine.errors import ConduitError
+from ..engine.grid import token_grid
+from .capture import PassHooks, pass_options
+from .tail import autograd_ready, tail_modules
+from ..engine.layers import AttentionLayer, attention_layers
+from ..engine.layer_select import custom_list, named_layers
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from .errors import ConduitError
-from .safe_files import MAX_TABLE_BYTES, check_path_text, read_json, shown
+from ..engine.errors import ConduitError
+from ..engine.safe_files import MAX_TABLE_BYTES, check_path_text, read_json, shown
 from .tables_math import (  # noqa: F401  (re-exported: the table API lives here for node code)
     ANALYSIS_NODE, DIMENSIONS, FEATURES, FIX_REGENERATE, SCHEMA_ID, TABLE_VERSION, LayerKey, SensitivityTable,
     check_lambda, comfy_order, diffusers_attn1_key, key_short, load_table, parse_table, save_table, short_text,
@@ -24,7 +24,9 @@ from .tables_math import (  # noqa: F401  (re-exported: the table API lives here
 )
 
 SOCKET = "SENSITIVITY_TABLE"  # ComfyUI socket type carrying a SensitivityTable between nodes
-TABLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sensitivity_tables")
+# the pack root is three levels up: <pack>/patches/tables/table.py
+TABLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                         "sensitivity_tables")
 KINDS = ("style_qk", "style_qkv")
 FOLDER = "conduit_tables"  # the folder_paths name of the table folders (models/conduit_tables by default)
 EXTENSIONS = {".json"}
@@ -254,7 +256,7 @@ def validate_against(table: SensitivityTable, model_patcher: Any, node: str = AN
     The family and the exact set of self-attention keys must match: a table for a different UNet
     (another family, or a pruned/tiny model with other layers) would select the wrong layers silently.
     """
-    from .layers import FAMILY_NAMES, attention_layers, model_family
+    from ..engine.layers import FAMILY_NAMES, attention_layers, model_family
 
     family = model_family(model_patcher, node)
     fix = (f"use a table made for this model: run the {ANALYSIS_NODE} node on it and connect its "

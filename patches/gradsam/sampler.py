@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import gradsam_math as gm
-from .compat import guider_parts
-from .errors import ConduitError
-from .gradsam_pass import MaskSettings, PassResult, gradient_pass
+from ..engine.host import guider_parts
+from ..engine.errors import ConduitError
+from .gradient_pass import MaskSettings, PassResult, gradient_pass
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import gradsam_math as gm
-from .attention import AttentionFn, options_set_replace
-from .batch import COND, chunk_size, rows_of
-from .compat import clone_options
+from ..engine.attention import AttentionFn, options_set_replace
+from ..engine.batch import COND, chunk_size, rows_of
+from ..engine.host import clone_options
 
 
 @dataclass

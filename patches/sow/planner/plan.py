@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConduitError
+from ...engine.errors import ConduitError
 from . import transport
 from .cache import CACHE, cache_key
 from .endpoint import Endpoint, UrlRefused, build_payload, check_redirect, display_url

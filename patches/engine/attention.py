@@ -145,7 +145,7 @@ def _resolve_call(call: Any) -> torch.Tensor:
 
 def install_resolver(model_patcher: Any) -> None:
     """Once per (cloned) model: the call-time resolver that keeps short-key replaces of other packs alive."""
-    from .compat import has_apply_wrapper, install_apply_wrapper
+    from .host import has_apply_wrapper, install_apply_wrapper
 
     if has_apply_wrapper(model_patcher, RESOLVER_KEY):
         return
@@ -163,6 +163,6 @@ def set_replace(model_patcher: Any, name: str, key: tuple, make: Make) -> None:
 def options_set_replace(model_options: dict, name: str, key: tuple, make: Make) -> dict:
     """Transient form for extra passes: a copied model_options with the chained replace at key. It is built at
     call time, so it already sees the short-key replaces of that call."""
-    from .compat import options_with_replace
+    from .host import options_with_replace
 
     return options_with_replace(model_options, chain_at(model_options, name, key, make), name, key)

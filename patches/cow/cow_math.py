@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import ConduitError
+from ..engine.errors import ConduitError
 
 LATENT_STRIDE = 8
 GRAY = 128.0 / 255.0

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 
 from . import cow_math as cm
-from .compat import calc_cond_batch, guider_parts, options_with_transformer_keys
-from .errors import ConduitError
+from ..engine.host import calc_cond_batch, guider_parts, options_with_transformer_keys
+from ..engine.errors import ConduitError
+from ..engine.phases import PHASE_KEY
 
 log = logging.getLogger(__name__)
 
-PHASE_KEY = "conduit_cow"  # transformer_options entry telling attention patches where COW is
 
 
 @dataclass
@@ -58,7 +58,7 @@ def model_sigmas(model_patcher, scheduler: str, steps: int) -> torch.Tensor:
     """A scheduler's sigmas for this model on either host (what BasicScheduler outputs)."""
     import comfy.samplers
 
-    from .compat import model_sampling
+    from ..engine.host import model_sampling
 
     if hasattr(comfy.samplers, "calculate_sigmas"):
         return comfy.samplers.calculate_sigmas(model_sampling(model_patcher), scheduler, steps).float()

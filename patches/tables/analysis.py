@@ -19,10 +19,10 @@ from .analysis_math import (
     FEATURES, KINDS, StatsStore, StoreShape, check_groups, grade_store, merge_duplicate_timesteps, parse_groups,
     token_stats,
 )
-from .attention import set_replace
-from .batch import COND, UNCOND, chunk_slices
-from .errors import ConduitError
-from .layers import AttentionLayer, attention_layers, model_family
+from ..engine.attention import set_replace
+from ..engine.batch import COND, UNCOND, chunk_slices
+from ..engine.errors import ConduitError
+from ..engine.layers import AttentionLayer, attention_layers, model_family
 from .tables_math import SensitivityTable
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def schedule_sigmas(model_patcher, steps: int, sampler: str, scheduler: str) -> 
 
 def model_timesteps(model_patcher, sigmas: torch.Tensor) -> list[int]:
     """Model timestep (0..999 for discrete models) of every evaluated step."""
-    from .compat import model_sampling
+    from ..engine.host import model_sampling
 
     ms = model_sampling(model_patcher)
     t = ms.timestep(sigmas[:-1].to(torch.float32))
@@ -212,7 +212,7 @@ def _sample(model, noise, latent, positive, negative, sigmas, settings: Analysis
 def collect(model_patcher, items: Sequence[AnalysisItem], settings: AnalysisSettings, node: str,
             progress: Progress | None = None) -> tuple[StatsStore, StatsCollector, list[int]]:
     """Run every item through real sampling with the statistics hooks; returns the filled store."""
-    from .compat import options_with_transformer_keys
+    from ..engine.host import options_with_transformer_keys
 
     labels = check_items(items, node)
     layers = attention_layers(model_patcher, node)

@@ -4,7 +4,7 @@ At every UNet call the planner turns the current sigma into the model's timestep
 to it, and takes the top int(lambda_S * L) layers by q score and by k score. AdaIN runs on the projected
 queries of the q-selected layers and on the projected keys of the k-selected layers; the reference's keys and
 values are shared (appended to every target's) in the union. This happens in chained attn1 replaces, on
-post-projection q/k/v as in the official handler. The reference rows come from reference_branch.
+post-projection q/k/v as in the official handler. The reference rows come from reference.py.
 """
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ from typing import Any
 
 import torch
 
-from . import reference_branch, style_math
-from .attention import is_foreign, set_replace
-from .compat import model_sampling as get_model_sampling
-from .errors import ConduitError
-from .run_state import attach_run_reset
-from .schedule import in_window
-from .steps import sigma_to_percent
-from .tables import SensitivityTable
+from . import style_math
+from .reference import install as install_reference
+from ..engine.attention import is_foreign, set_replace
+from ..engine.host import model_sampling as get_model_sampling
+from ..engine.errors import ConduitError
+from ..engine.run_state import attach_run_reset
+from ..engine.schedule import in_window
+from ..engine.steps import sigma_to_percent
+from ..tables import SensitivityTable
 
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def apply_balanced_style(model_patcher: Any, table: SensitivityTable, reference:
     planner = Planner(m.model, get_model_sampling(m), reference, selector, settings)
     for key in table.layer_keys:
         set_replace(m, "attn1", key, make_replace(key))
-    reference_branch.install(m, MARKER, planner)
+    install_reference(m, MARKER, planner)
     state = getattr(reference, "state", None)
     if state is not None:
         attach_run_reset(m, MARKER, state)

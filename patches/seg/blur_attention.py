@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from .attention import AttentionFn, default_attention
-from .grid import token_grid
+from ..engine.attention import AttentionFn, default_attention
+from ..engine.grid import token_grid
 from .seg_math import blur_tokens, is_identity, is_infinite, mean_query
 
 

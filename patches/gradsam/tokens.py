@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import gradsam_words as words_lib
-from .errors import ConduitError
+from . import words as words_lib
+from ..engine.errors import ConduitError
 
 log = logging.getLogger(__name__)
 

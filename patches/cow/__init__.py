@@ -1,0 +1,1 @@
+"""Cyclic One-Way Diffusion: seeded canvas, inversion and the cyclic one-way sampler."""

@@ -1,0 +1,1 @@
+"""Selective One-Way Diffusion: attention modulation and the MLLM planner."""
