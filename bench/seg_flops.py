@@ -19,6 +19,7 @@ if REPO not in sys.path:  # never in front of an imported host: the pack's nodes
 from conduit.host import find_host, import_host  # noqa: E402
 import conduit_pack.patches.engine.attention  # noqa: E402
 import conduit_pack.patches.engine.host  # noqa: E402
+import conduit_pack.patches.engine.families  # noqa: E402
 
 MID_DEPTH = 10
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import conduit_pack.patches.seg.fork as fork_mod
     import conduit_pack.patches.seg.blur_attention as seg_attn
     inner = conduit_pack.patches.engine.attention.default_attention
+    sdxl = conduit_pack.patches.engine.families.family_by_id("sdxl")  # the meta UNet is not wrapped in a model
     unet = sdxl_full_meta_unet()
     apply = unet_call(unet)
     keys = [("middle", 0, i) for i in range(MID_DEPTH)]
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                     x, t, c = inputs(len(cou), side, {"cond_or_uncond": cou})
                     call = conduit_pack.patches.engine.host.ApplyCall(x, t, c, model, unet_fn)
                     slices = [s for k, s in fork_mod.chunk_slices(len(cou), cou) if k == 0]
-                    forked = flops(lambda: fork._fork(call, 1.0, cou, slices, fork._fork_module(unet)))
+                    forked = flops(lambda: fork._fork(call, 1.0, cou, slices, sdxl.transformer(unet, "middle", 0)))
                     replace = {"attn1": {k: seg_attn.blurred_attention(sigma)(inner) for k in keys}}
                     extra = flops(lambda: unet_fn(*inputs(1, side, {"cond_or_uncond": [0],
                                                                       "patches_replace": replace})))

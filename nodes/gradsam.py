@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..patches.gradsam import gradsam_math as gm
 from ..patches.engine.errors import ConduitError
+from ..patches.engine.host import ksampler_sigmas
 from ..patches.gradsam.gradient_pass import LAYER_MODES, THRESHOLD_MODES, MaskSettings
 from ..patches.gradsam.sampler import GradSamRun, probe_mask
 from ..patches.gradsam.tokens import prompt_tokens, subject_tokens
@@ -235,7 +236,6 @@ class ConduitGradSAMKSampler:
 
     def sample(self, model, positive, negative, latent_image, reference, clip, prompt, subject, seed, steps, cfg,
                sampler_name, scheduler, denoise, step_percents, reference_seed, **mask):
-        import comfy.samplers
         from comfy_extras.nodes_custom_sampler import SamplerCustom
 
         model_family(model, KSAMPLER_NODE)
@@ -246,13 +246,9 @@ class ConduitGradSAMKSampler:
             return (latent_image, masks_to_image([], tuple(samples.shape[-2:]), samples.shape[0]))
         sampler = make_sampler(clip, prompt, subject, reference, sampler_name, step_percents, reference_seed,
                                KSAMPLER_NODE, **mask)
-        # KSampler's own schedule (incl. its denoise and penultimate-sigma rules); the 2024 host wants the
-        # BaseModel there, newer hosts the patcher.
-        target = model if hasattr(model, "get_model_object") else model.model
-        ks = comfy.samplers.KSampler(target, steps=steps, device="cpu", sampler=sampler_name, scheduler=scheduler,
-                                     denoise=denoise, model_options=model.model_options)
-        out = SamplerCustom().sample(model, True, seed, cfg, positive, negative, sampler, ks.sigmas.cpu(),
-                                     latent_image)[0]
+        # KSampler's own schedule (incl. its denoise and penultimate-sigma rules)
+        sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
+        out = SamplerCustom().sample(model, True, seed, cfg, positive, negative, sampler, sigmas, latent_image)[0]
         return (out, run_masks(sampler.conduit_gradsam, out["samples"]))
 
 

@@ -1,7 +1,8 @@
 """Conduit Model Layers: list a model's attention layers, their keys and token grids."""
 from __future__ import annotations
 
-from ..patches.engine.layers import FAMILY_NAMES, attention_layers, model_family
+from ..patches.engine.families import FAMILY_NAMES
+from ..patches.engine.layers import attention_layers, model_family
 from ._declare import conduit_node
 
 NODE = "Conduit Model Layers"

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import style_math
-from ..engine.host import has_patcher_extension
+from ..engine.host import ApplyCall, install_apply_wrapper
 from ..engine.run_state import RunState
 
 ApplyFn = Callable[..., torch.Tensor]  # apply(x, t, **c) like BaseModel.apply_model
@@ -67,33 +67,12 @@ def run_with_reference(apply: ApplyFn, x: torch.Tensor, t: torch.Tensor, c: dict
 
 
 def install(model_patcher: Any, key: str, planner: Planner) -> None:
-    """Install the reference wrapper on an already-cloned ModelPatcher."""
-    if has_patcher_extension():
-        import comfy.patcher_extension as pe
+    """Install the reference wrapper on an already-cloned ModelPatcher (see engine.host.install_apply_wrapper
+    for where it sits on each host)."""
+    def around(call: ApplyCall) -> torch.Tensor:
+        return run_with_reference(lambda x_, t_, **c_: call.run(x_, t_, c_), call.x, call.t, call.c, planner, key)
 
-        def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None,
-                                transformer_options=None, **kwargs):
-            def apply(x_, t_, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kw):
-                return executor(x_, t_, c_concat, c_crossattn, control, transformer_options, **kw)
-
-            c = dict(c_concat=c_concat, c_crossattn=c_crossattn, control=control,
-                     transformer_options=transformer_options if transformer_options is not None else {}, **kwargs)
-            return run_with_reference(apply, x, t, c, planner, key)
-
-        model_patcher.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, key, apply_model_wrapper)
-        return
-
-    previous = model_patcher.model_options.get("model_function_wrapper")
-
-    def unet_wrapper(apply_model: ApplyFn, args: dict) -> torch.Tensor:
-        def ours(x_, t_, **c):
-            return run_with_reference(apply_model, x_, t_, c, planner, key)
-
-        if previous is not None:
-            return previous(ours, args)
-        return ours(args["input"], args["timestep"], **args["c"])
-
-    model_patcher.set_model_unet_function_wrapper(unet_wrapper)
+    install_apply_wrapper(model_patcher, key, around)
 
 
 class NoisedReference:

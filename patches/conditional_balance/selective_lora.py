@@ -52,33 +52,20 @@ def static_style_layers(table: SensitivityTable, strength: float) -> list[tuple]
 
 def layer_weight_prefixes(model_patcher: Any, keys: list[tuple]) -> list[str]:
     """State-dict prefixes "diffusion_model.<blocks>.<id>.<pos>.transformer_blocks.<index>." of the layers."""
-    from comfy.ldm.modules.attention import SpatialTransformer
+    from ..engine.families import family_of
 
-    unet = model_patcher.model.diffusion_model
-    prefixes = []
-    for block, block_id, index in keys:
-        if block == "middle":
-            name, module = "middle_block", unet.middle_block
-        else:
-            name = f"{block}_blocks.{block_id}"
-            module = (unet.input_blocks if block == "input" else unet.output_blocks)[block_id]
-        pos = next(i for i, child in enumerate(module) if isinstance(child, SpatialTransformer))
-        prefixes.append(f"diffusion_model.{name}.{pos}.transformer_blocks.{index}.")
-    return prefixes
+    family = family_of(model_patcher, "Conduit Selective LoRA")
+    return [family.weight_prefix(model_patcher.model.diffusion_model, key) for key in keys]
 
 
 def load_unet_patches(model_patcher: Any, lora_sd: dict[str, torch.Tensor]) -> dict:
     """ComfyUI's LoRA patches for the UNet: {model weight key (or (key, ...) tuple): patch}."""
     import comfy.lora
 
-    key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
-    try:
-        import comfy.lora_convert
+    from ..engine.host import convert_lora
 
-        lora_sd = comfy.lora_convert.convert_lora(lora_sd)
-    except ImportError:  # the pinned host has no converter; its loader reads the same formats directly
-        pass
-    return comfy.lora.load_lora(lora_sd, key_map)
+    key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
+    return comfy.lora.load_lora(convert_lora(lora_sd), key_map)
 
 
 def _weight_name(key: Any) -> str:

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from . import cow_math as cm
-from ..engine.host import calc_cond_batch, guider_parts, options_with_transformer_keys
+from ..engine.host import (calc_cond_batch, cfg_location, convert_cond, guider_parts, options_with_transformer_keys,
+                           processed_conds, scheduler_sigmas)
 from ..engine.errors import ConduitError
 from ..engine.phases import PHASE_KEY
 
@@ -56,13 +57,7 @@ class CowSpec:
 
 def model_sigmas(model_patcher, scheduler: str, steps: int) -> torch.Tensor:
     """A scheduler's sigmas for this model on either host (what BasicScheduler outputs)."""
-    import comfy.samplers
-
-    from ..engine.host import model_sampling
-
-    if hasattr(comfy.samplers, "calculate_sigmas"):
-        return comfy.samplers.calculate_sigmas(model_sampling(model_patcher), scheduler, steps).float()
-    return comfy.samplers.calculate_sigmas_scheduler(model_patcher.model, scheduler, steps).float()
+    return scheduler_sigmas(model_patcher, scheduler, steps)
 
 
 def counting_clone(model_patcher) -> tuple[Any, list[int]]:
@@ -147,11 +142,11 @@ def invert_condition(model, positive, negative, sigmas: list[float], samples: to
 
 def denoise_with_cfg(model, extra_args: dict, cfg: float, phase: str) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """The sampler's own guided call with a different CFG scale (the inversion's)."""
-    if "cond" in extra_args:
+    where, wrap = cfg_location(model, extra_args)
+    if where == "extra_args":
         return _denoiser(model, {**extra_args, "cond_scale": cfg}, phase)
-    wrap = model.inner_model
     inner = _denoiser(model, extra_args, phase)
-    if not hasattr(wrap, "cfg"):
+    if where == "none":
         log.warning("Conduit COW: this guider has no CFG scale; the background inversion uses the guider as is")
         return inner
 
@@ -167,25 +162,12 @@ def denoise_with_cfg(model, extra_args: dict, cfg: float, phase: str) -> Callabl
 
 def process_extra_conds(base, conditioning: list, x: torch.Tensor, latent: torch.Tensor | None, seed: int) -> list:
     """Turn a CONDITIONING into the processed cond list calc_cond_batch expects, on either host."""
-    import comfy.samplers
-
-    try:
-        from comfy.sampler_helpers import convert_cond
-    except ImportError:  # 2024 host
-        from comfy.sample import convert_cond
     conds = convert_cond(conditioning)
     for c in conds:
         for key in ("control", "gligen"):
             if c.pop(key, None) is not None:
                 log.warning("Conduit COW: %s attached to a suppress/diversity prompt is ignored", key)
-    if hasattr(comfy.samplers, "process_conds"):
-        return comfy.samplers.process_conds(base, x, {"extra": conds}, x.device, latent, None, seed)["extra"]
-    comfy.samplers.resolve_areas_and_cond_masks(conds, x.shape[2], x.shape[3], x.device)
-    comfy.samplers.calculate_start_end_timesteps(base, conds)
-    if hasattr(base, "extra_conds"):
-        conds = comfy.samplers.encode_model_conds(base.extra_conds, conds, x, x.device, "negative",
-                                                  latent_image=latent, denoise_mask=None, seed=seed)
-    return conds
+    return processed_conds(base, conds, x, latent, seed)
 
 
 # ------------------------------------------------------------------------------------------ the sampler

@@ -169,3 +169,90 @@ def has_apply_wrapper(model_patcher: Any, key: str) -> bool:
         return bool(model_patcher.get_wrappers(pe.WrappersMP.APPLY_MODEL, key))
     top = model_patcher.model_options.get("model_function_wrapper")
     return key in getattr(top, WRAPPER_KEYS_ATTR, set())
+
+
+# -- schedules ----------------------------------------------------------------------------------------------
+
+def scheduler_sigmas(model_patcher, scheduler: str, steps: int) -> torch.Tensor:
+    """A scheduler's sigmas for this model (what BasicScheduler outputs): newer hosts take the model_sampling
+    object, the 2024 host the BaseModel."""
+    import comfy.samplers
+
+    if hasattr(comfy.samplers, "calculate_sigmas"):
+        return comfy.samplers.calculate_sigmas(model_sampling(model_patcher), scheduler, steps).float()
+    return comfy.samplers.calculate_sigmas_scheduler(model_patcher.model, scheduler, steps).float()
+
+
+def ksampler_sigmas(model_patcher, steps: int, sampler: str, scheduler: str, denoise: float = 1.0,
+                    device: Any = "cpu") -> torch.Tensor:
+    """The sigmas a KSampler node would use (its denoise and penultimate-sigma rules included): the 2024 host
+    wants the BaseModel there, newer hosts the patcher."""
+    import comfy.samplers
+
+    target = model_patcher if hasattr(model_patcher, "get_model_object") else model_patcher.model
+    ks = comfy.samplers.KSampler(target, steps=steps, device=device, sampler=sampler, scheduler=scheduler,
+                                 denoise=denoise, model_options=model_patcher.model_options)
+    return ks.sigmas.detach().float().cpu()
+
+
+# -- conditioning -------------------------------------------------------------------------------------------
+
+def processed_conds(base, conds: list, x: torch.Tensor, latent: torch.Tensor | None, seed: int) -> list:
+    """Converted conds (see convert_cond) processed the way a sampler does before calc_cond_batch."""
+    import comfy.samplers
+
+    if hasattr(comfy.samplers, "process_conds"):
+        return comfy.samplers.process_conds(base, x, {"extra": conds}, x.device, latent, None, seed)["extra"]
+    comfy.samplers.resolve_areas_and_cond_masks(conds, x.shape[2], x.shape[3], x.device)
+    comfy.samplers.calculate_start_end_timesteps(base, conds)
+    if hasattr(base, "extra_conds"):
+        conds = comfy.samplers.encode_model_conds(base.extra_conds, conds, x, x.device, "negative",
+                                                  latent_image=latent, denoise_mask=None, seed=seed)
+    return conds
+
+
+def convert_cond(conditioning: list) -> list:
+    try:
+        from comfy.sampler_helpers import convert_cond as convert
+    except ImportError:  # 2024 host
+        from comfy.sample import convert_cond as convert
+    return convert(conditioning)
+
+
+# -- LoRA ---------------------------------------------------------------------------------------------------
+
+def convert_lora(lora_sd: dict) -> dict:
+    """Newer hosts normalise other trainers' LoRA key formats first; the 2024 host's loader reads the same
+    formats directly."""
+    try:
+        import comfy.lora_convert
+    except ImportError:
+        return lora_sd
+    return comfy.lora_convert.convert_lora(lora_sd)
+
+
+# -- run start ----------------------------------------------------------------------------------------------
+
+def add_run_start_wrapper(model_patcher: Any, key: str, fn: Callable[[], None]) -> bool:
+    """Call fn at the start of every sampling run of this patcher (an OUTER_SAMPLE wrapper). False on the 2024
+    host, which has none: callers then detect a new run themselves."""
+    if not has_patcher_extension():
+        return False
+    import comfy.patcher_extension as pe
+
+    def run_start_then_sample(executor, *args, **kwargs):
+        fn()
+        return executor(*args, **kwargs)
+
+    model_patcher.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, key, run_start_then_sample)
+    return True
+
+
+def cfg_location(model, extra_args: dict) -> tuple[str, Any]:
+    """Where the running sampler keeps its CFG scale, for a sampler function's `model`: ("extra_args", None)
+    on the 2024 host (extra_args["cond_scale"]), ("guider", guider) on newer hosts (guider.cfg), or
+    ("none", None) for a guider without one."""
+    if "cond" in extra_args:
+        return "extra_args", None
+    wrap = model.inner_model
+    return ("guider", wrap) if hasattr(wrap, "cfg") else ("none", None)

@@ -42,15 +42,9 @@ class RunState(Generic[T]):
 
 def attach_run_reset(model_patcher: Any, key: str, state: RunState) -> bool:
     """Reset state at the start of every run of this patcher. Returns False on hosts without wrappers."""
-    try:
-        import comfy.patcher_extension as pe
-    except ImportError:
+    from .host import add_run_start_wrapper
+
+    if not add_run_start_wrapper(model_patcher, key, state.reset):
         return False
-
-    def reset_then_sample(executor, *args, **kwargs):
-        state.reset()
-        return executor(*args, **kwargs)
-
-    model_patcher.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, key, reset_then_sample)
     state.explicit = True
     return True

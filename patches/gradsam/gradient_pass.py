@@ -20,7 +20,8 @@ from ..engine.host import calc_cond_batch
 from ..engine.errors import ConduitError
 from ..engine.grid import token_grid
 from .capture import PassHooks, pass_options
-from .tail import autograd_ready, tail_modules
+from ..engine.families import family_of_model
+from .tail import autograd_ready
 from ..engine.layers import AttentionLayer, attention_layers
 from ..engine.layer_select import custom_list, named_layers
 
@@ -97,7 +98,8 @@ def gradient_pass(base_model, positive, negative, x: torch.Tensor, sigma: torch.
     mo = pass_options(model_options, hooks, [layer.key for layer in layers], first, len(unet.input_blocks))
     latent_hw = tuple(x.shape[-2:])
     batch = x.shape[0]
-    with torch.inference_mode(False), torch.no_grad(), autograd_ready(tail_modules(unet, first)):
+    tail = family_of_model(base_model, node).blocks_from(unet, first)
+    with torch.inference_mode(False), torch.no_grad(), autograd_ready(tail):
         xg = x.detach().clone()
         sg = (torch.as_tensor(sigma, dtype=xg.dtype).flatten()[:1].to(xg.device) * xg.new_ones(batch)).clone()
         try:

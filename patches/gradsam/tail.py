@@ -12,24 +12,6 @@ from collections.abc import Iterator
 
 import torch
 
-BLOCK_ORDER = ("input", "middle", "output")
-
-
-def tail_modules(unet: torch.nn.Module, first: tuple) -> list[torch.nn.Module]:
-    """The blocks that run from the block holding `first` (block, id, ...) to the output layer."""
-    seq: list[tuple[str, int, torch.nn.Module]] = [("input", i, m) for i, m in enumerate(unet.input_blocks)]
-    if getattr(unet, "middle_block", None) is not None:
-        seq.append(("middle", 0, unet.middle_block))
-    seq += [("output", i, m) for i, m in enumerate(unet.output_blocks)]
-    start = next(i for i, (b, bid, _) in enumerate(seq) if (b, bid) == (first[0], first[1]))
-    mods = [m for _, _, m in seq[start:]]
-    for name in ("out", "id_predictor"):
-        extra = getattr(unet, name, None)
-        if isinstance(extra, torch.nn.Module):
-            mods.append(extra)
-    return mods
-
-
 @contextlib.contextmanager
 def autograd_ready(modules: list[torch.nn.Module]) -> Iterator[set[int]]:
     """Swap inference-tensor or grad-requiring parameters for plain, frozen stand-ins.

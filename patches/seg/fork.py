@@ -207,7 +207,7 @@ class PrefixFork:
             return None  # another pack's extra pass during this step
         if not self._fits(call, n + sum(s.stop - s.start for s in slices)):
             return None
-        fork_module = self._fork_module(call.model.diffusion_model)
+        fork_module = self._fork_module(call.model)
         if fork_module is None:
             return None
         win.fp = fp
@@ -222,12 +222,12 @@ class PrefixFork:
         shape = [rows] + list(call.x.shape[1:])
         return call.model.memory_required(shape) * 1.5 < mm.get_free_memory(call.x.device)
 
-    def _fork_module(self, unet) -> torch.nn.Module | None:
-        from comfy.ldm.modules.attention import SpatialTransformer
+    def _fork_module(self, model) -> torch.nn.Module | None:
+        """The transformer that holds the first blurred layer, where the batch widens (asked of the family)."""
+        from ..engine.families import family_of_model
 
-        block, block_id = self.fork_key
-        container = unet.middle_block if block == "middle" else unet.output_blocks[block_id]
-        return next((m for m in container if isinstance(m, SpatialTransformer)), None)
+        return family_of_model(model, "Conduit Smoothed Energy Guidance").transformer(model.diffusion_model,
+                                                                                      *self.fork_key)
 
     def _fork(self, call: ApplyCall, sigma: float, cou: list, slices: list[slice], fork_module) -> torch.Tensor:
         from ..engine.attention import chain_at

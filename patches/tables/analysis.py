@@ -145,12 +145,9 @@ class StatsCollector:
 
 def schedule_sigmas(model_patcher, steps: int, sampler: str, scheduler: str) -> torch.Tensor:
     """The sigmas a KSampler node would use (both hosts)."""
-    import comfy.samplers
+    from ..engine.host import ksampler_sigmas
 
-    target = model_patcher if hasattr(model_patcher, "get_model_object") else model_patcher.model
-    ks = comfy.samplers.KSampler(target, steps=steps, device=model_patcher.load_device, sampler=sampler,
-                                 scheduler=scheduler, denoise=1.0, model_options=model_patcher.model_options)
-    return ks.sigmas.detach().float().cpu()
+    return ksampler_sigmas(model_patcher, steps, sampler, scheduler, 1.0, model_patcher.load_device)
 
 
 def model_timesteps(model_patcher, sigmas: torch.Tensor) -> list[int]:

@@ -256,7 +256,8 @@ def validate_against(table: SensitivityTable, model_patcher: Any, node: str = AN
     The family and the exact set of self-attention keys must match: a table for a different UNet
     (another family, or a pruned/tiny model with other layers) would select the wrong layers silently.
     """
-    from ..engine.layers import FAMILY_NAMES, attention_layers, model_family
+    from ..engine.families import FAMILY_NAMES
+    from ..engine.layers import attention_layers, model_family
 
     family = model_family(model_patcher, node)
     fix = (f"use a table made for this model: run the {ANALYSIS_NODE} node on it and connect its "
