@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 import conduit  # noqa: F401  (registers conduit_pack for the imports below)
-from toymodel import build
+from conduit_pack.toyworld import build
 
 from .harness import Row, time_pair
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from conduit import testing
-from toymodel import build
+from conduit_pack.toyworld import build
 
 from .harness import BenchContext
 

@@ -16,7 +16,7 @@ def sdxl_full_meta_unet() -> Any:
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from toymodel import build
+    from conduit_pack.toyworld import build
 
     cfg = dict(build._model_config("sdxl_full").unet_config)
     cfg.update(device="meta", operations=comfy.ops.disable_weight_init, dtype=torch.float32)

@@ -129,7 +129,7 @@ def analyse_in_process(groups: str, seeds: list[int], args: argparse.Namespace) 
         model, clip = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=False,
                                                             output_clip=True)[:2]
     elif args.model.startswith("tiny-"):
-        from toymodel import build
+        from conduit_pack.toyworld import build
 
         family = args.model[len("tiny-"):]
         model, clip = build.build_unet(family, 0), build.build_clip(family, 1)

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 MODELS = ("embedded", "keep", "tiny-sdxl", "tiny-sd15")
 
-# The demo toy model's own size: it is trained on 64x64 images (toymodel/toy.py IMAGE_SIZE, 8x8 latents),
+# The demo toy model's own size: it is trained on 64x64 images (toyworld/demo_model.py IMAGE_SIZE, 8x8 latents),
 # and a dozen steps are plenty for it. `--model embedded` and `make demo` both run at this size.
 DEMO_SIZE = 64
 DEMO_STEPS = 12

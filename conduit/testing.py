@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from toymodel import build
+from conduit_pack.toyworld import build
 
 
 @dataclass

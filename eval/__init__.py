@@ -1,0 +1,2 @@
+
+import conduit  # noqa: F401,E402  (registers the pack as conduit_pack for the imports in this package)

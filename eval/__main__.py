@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     if args.out:
         report.OUT = Path(args.out)
     if args.weights:
-        from toymodel import toy
+        from conduit_pack.toyworld import demo_model as toy
 
         toy.WEIGHTS = str(Path(args.weights).resolve())
     names = [n for n in args.only.split(",") if n] or list(SUITES)

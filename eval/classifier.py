@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toy import world
+from conduit_pack.toyworld import world
 
 log = logging.getLogger(__name__)
 

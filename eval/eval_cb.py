@@ -7,7 +7,7 @@ into the top int(lambda_S x 7) self-attention layers. Style match: ToyNet reads 
 and texture in the output (and the chroma/texture-spectrum distances). Shape fidelity: ToyNet reads the
 prompt's shape (not the reference's). The paper's claim: an intermediate lambda_S beats both ends.
 
-lambda_T: the toy ControlNet (toymodel/weights/toy_controlnet.safetensors, hint = a shape's silhouette) is
+lambda_T: the toy ControlNet (toyworld/weights/toy_controlnet.safetensors, hint = a shape's silhouette) is
 applied with the core Apply ControlNet (Advanced) node, strength 1, and gated by the Conduit ControlNet
 Timestep Gate node (down residuals off at t < lambda_T x 1000, mid kept), on the lambda_S = 0.43 styled
 model. The prompt asks for shape A, the hint shows another shape B at another place (neither the prompt's
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import conduit  # noqa: F401  (registers conduit_pack for the imports below)
-from toy import world
+from conduit_pack.toyworld import world
 
 from . import classifier, gen, measures, report
 from .gen import Toy, load_toy
@@ -203,7 +203,7 @@ def lambda_t_report(toy: Toy, net, table, quick: bool, steps: int) -> dict:
     """The lambda_T sweep: rows appended to cb.json / cb.md, plot cb_lambda_t.png, grid cb_lambda_t_grid.png."""
     import json
 
-    from toymodel import toy as toy_files
+    from conduit_pack.toyworld import demo_model as toy_files
 
     try:
         controlnet = toy_files.load_toy_controlnet()

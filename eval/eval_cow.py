@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import conduit  # noqa: F401  (registers conduit_pack for the imports below)
-from toy import world
+from conduit_pack.toyworld import world
 
 from . import classifier, measures, report
 from .gen import Toy, load_toy

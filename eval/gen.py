@@ -63,7 +63,8 @@ class Toy:
 @functools.lru_cache(maxsize=2)
 def load_toy(random_unet_seed: int | None = None) -> Toy:
     """The trained toy model; with random_unet_seed, the same CLIP/VAE around a random-weight UNet."""
-    from toymodel import build, toy
+    from conduit_pack.toyworld import build
+    from conduit_pack.toyworld import demo_model as toy
 
     bundle = toy.load_toy_bundle()
     model = bundle.model if random_unet_seed is None else build.build_unet(toy.FAMILY, random_unet_seed)

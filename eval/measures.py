@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toy import world
+from conduit_pack.toyworld import world
 
 PALETTE = {name: np.array(rgb, np.float32) / 255.0 for name, rgb in world.COLORS.items()}
 BACKDROPS = {name: np.array(rgb, np.float32) / 255.0 for name, rgb in world.BACKGROUNDS.items()}

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from toy import world
+from conduit_pack.toyworld import world
 
 from . import classifier, measures, report
 from .gen import Toy

@@ -7,23 +7,26 @@ import os
 
 import torch
 
+from ..patches.conditional_balance.style import NODE as STYLE_NAME
 from ..patches.conditional_balance.style import StyleSettings, apply_balanced_style
 from ..patches.conditional_balance.controlnet_gate import GateSettings, count_controls, gate_conditionings
 from ..patches.engine.errors import ConduitError
 from ..patches.engine.layers import model_family
 from ..patches.conditional_balance.reference import InvertedReference, NoisedReference
 from ..patches.engine.safe_files import MAX_LORA_BYTES
+from ..patches.conditional_balance.selective_lora import NODE as LORA_NAME
 from ..patches.conditional_balance.selective_lora import (MODES, apply_selective_lora, check_lora_name, load_lora_file,
                                                           static_style_layers)
 from ..patches.tables.table import (
     SOCKET, SensitivityTable, check_lambda, resolve_table, table_for_family, validate_against,
 )
+from ._declare import conduit_node
 
 log = logging.getLogger(__name__)
 
-STYLE_NODE = "Conduit Balanced Style"
+STYLE_NODE = STYLE_NAME
 GATE_NODE = "Conduit ControlNet Timestep Gate"
-LORA_NODE = "Conduit Selective LoRA"
+LORA_NODE = LORA_NAME
 PAPER = "Conditional Balance (Cohen et al., CVPR 2025)"
 TABLE_TIP = ("Optional sensitivity table from the Conduit Sensitivity Analysis node. Default: the table shipped "
              "for the model's family (SDXL: the official Conditional Balance style table).")
@@ -42,6 +45,7 @@ def strength_input(default: float, what: str) -> tuple:
                                  f"layers) by style sensitivity are used. Default {default}. From {PAPER}."})
 
 
+@conduit_node(STYLE_NODE)
 class ConduitBalancedStyle:
     DESCRIPTION = ("Style from a reference image, injected only into the self-attention layers most sensitive to "
                    "style at each step (Conditional Balance, lambda_S). The reference runs through the UNet next to "
@@ -138,6 +142,7 @@ def reference_to_latent(reference_latent, reference_image, vae) -> torch.Tensor:
     return samples.detach().clone().float().cpu()
 
 
+@conduit_node(GATE_NODE)
 class ConduitControlNetTimestepGate:
     DESCRIPTION = ("Gates the ControlNets applied to this conditioning by timestep (Conditional Balance, lambda_T): "
                    "at timesteps t < lambda_T x 1000 the ControlNet's down-block residuals are switched off and its "
@@ -174,6 +179,7 @@ class ConduitControlNetTimestepGate:
         return pos, neg
 
 
+@conduit_node(LORA_NODE)
 class ConduitSelectiveLoRA:
     DESCRIPTION = ("Applies a LoRA only to the self-attention layers a sensitivity table ranks as style layers "
                    "(top lambda_S, by mean score over timesteps), or only to the rest (content layers), as B-LoRA "
@@ -234,15 +240,3 @@ def selective_lora(model, lora_sd: dict, strength: float, style_strength: float,
                     style_strength, layers)
         return model
     return apply_selective_lora(model, lora_sd, strength, keys, LORA_NODE)[0]
-
-
-NODE_CLASS_MAPPINGS = {
-    "ConduitBalancedStyle": ConduitBalancedStyle,
-    "ConduitControlNetTimestepGate": ConduitControlNetTimestepGate,
-    "ConduitSelectiveLoRA": ConduitSelectiveLoRA,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "ConduitBalancedStyle": STYLE_NODE,
-    "ConduitControlNetTimestepGate": GATE_NODE,
-    "ConduitSelectiveLoRA": LORA_NODE,
-}

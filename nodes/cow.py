@@ -11,7 +11,7 @@ import logging
 import torch
 
 from ..patches.cow import cow_math as cm
-from ..patches.cow.sampler import CowSpec, cow_sampler, invert_condition
+from ..patches.cow.sampler import SAMPLER_NODE, CowSpec, cow_sampler, invert_condition
 from ..patches.engine.errors import ConduitError
 from ..patches.engine.layers import model_family
 from ._inputs import canvas_size
@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 SEED_NODE = "Conduit COW Seed Canvas"
 INVERT_NODE = "Conduit COW Invert"
-SAMPLER_NODE = "Conduit COW Cycle Sampler"
 BOX_NODE = "Conduit Box"
 MODES = ["crop alone", "in place"]
 RENOISE = ["exact", "reference-compatible"]

@@ -43,7 +43,7 @@ class ConduitDemoToyModelLoader:
         return {"required": {}}
 
     def load(self):
-        from ..toymodel import toy
+        from ..toyworld import demo_model as toy
 
         bundle = load_or_explain(toy.load_toy_bundle, NODE, "toy weights", "scripts/train_toy.py")
         log.info("Conduit: loaded the demo toy model (%s)", toy.read_recipe().get("unet", {}))
@@ -66,7 +66,7 @@ class ConduitDemoToyControlNetLoader:
         return {"required": {}}
 
     def load(self):
-        from ..toymodel import toy
+        from ..toyworld import demo_model as toy
 
         return (load_or_explain(toy.load_toy_controlnet, CONTROLNET_NODE, "toy ControlNet weights",
                                 "scripts/train_toy.py --stage controlnet"),)

@@ -8,7 +8,7 @@ from ._declare import conduit_node
 NODE = "Conduit Model Layers"
 
 
-@conduit_node("Conduit Model Layers")
+@conduit_node(NODE)
 class ConduitModelLayers:
     DESCRIPTION = ("Lists every attention layer of an SD1.x, SD2.x or SDXL UNet as ComfyUI (block, id, index) "
                    "keys with its token grid at the given latent size. Use the short names (i4.1, m0.3, o2.0) "

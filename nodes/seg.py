@@ -8,7 +8,7 @@ from ._declare import conduit_node
 PAPER = "Smoothed Energy Guidance (Hong, NeurIPS 2024, arXiv 2408.00760)"
 
 
-@conduit_node("Conduit Smoothed Energy Guidance")
+@conduit_node(NODE)
 class ConduitSmoothedEnergyGuidance:
     DESCRIPTION = (
         "Smoothed Energy Guidance: runs the positive prompt once more with Gaussian-blurred self-attention "

@@ -16,6 +16,7 @@ import torch
 from ..patches.sow import planner
 from ..patches.engine.errors import ConduitError
 from ._inputs import canvas_size
+from ._declare import conduit_node
 
 NODE = "Conduit MLLM Plan"
 MAX_SIDE_PX = 768  # the condition is sent downscaled; planning needs layout, not detail
@@ -49,6 +50,7 @@ def comfy_interrupt() -> tuple[Callable[[], bool] | None, Callable[[], None]]:
     return mm.processing_interrupted, stop
 
 
+@conduit_node(NODE)
 class ConduitMLLMPlan:
     DESCRIPTION = ("SOW's three MLLM stages over HTTP (OpenAI-compatible chat completions or Ollama): 1) "
                    "intensify the prompt with a description of the visual condition, 2) place the condition on "
@@ -171,7 +173,3 @@ class ConduitMLLMPlan:
         return {"ui": {"text": [report]},
                 "result": (result["prompt"].value, result["condition_box"].value, result["related_box"].value,
                            report)}
-
-
-NODE_CLASS_MAPPINGS = {"ConduitMLLMPlan": ConduitMLLMPlan}
-NODE_DISPLAY_NAME_MAPPINGS = {"ConduitMLLMPlan": NODE}

@@ -6,16 +6,17 @@ import os
 
 from ..patches.engine.errors import ConduitError
 from ..patches.engine.safe_files import MAX_TABLE_BYTES
+from ..patches.tables.heatmap import HEATMAP_NODE as HEATMAP
 from ..patches.tables.heatmap import MAX_HEIGHT, MAX_WIDTH, render, to_comfy_image
+from ..patches.tables.tables_math import ANALYSIS_NODE as ANALYSIS
 from ..patches.tables.table import (
     SOCKET, check_lambda, legacy_name, load_named_table, register_folder, resolve_table, save_analysis_table,
     summary, table_names,
 )
+from ._declare import conduit_node
 
 log = logging.getLogger(__name__)
-ANALYSIS = "Conduit Sensitivity Analysis"
 LOADER = "Conduit Load Sensitivity Table"
-HEATMAP = "Conduit Sensitivity Heatmap"
 PAPER = "Conditional Balance (CVPR 2025)"
 LAMBDA_TIP = (f"lambda_S from {PAPER}: the fraction of layers counted as style layers at each timestep "
               "(0.43 -> the 30 most sensitive of SDXL's 70); values above 1 are a layer count. Default 0.43.")
@@ -33,6 +34,7 @@ class _TableNode:
     RETURN_NAMES = ("table", "summary")
 
 
+@conduit_node(ANALYSIS)
 class ConduitSensitivityAnalysis(_TableNode):
     DESCRIPTION = (f"Grades every self-attention layer of an SD1.x/SD2.x/SDXL model at every timestep, as in {PAPER}: "
                    "it samples each group of prompts (and/or images) while hooks record the token mean and std of "
@@ -144,6 +146,7 @@ class ConduitSensitivityAnalysis(_TableNode):
         return {"ui": ui, "result": (table, text)}
 
 
+@conduit_node(LOADER)
 class ConduitLoadSensitivityTable(_TableNode):
     DESCRIPTION = ("Loads a sensitivity table by name: one shipped with Conduit (the published Conditional Balance "
                    "tables) or a JSON file in ComfyUI's models/conduit_tables folder (where the Sensitivity Analysis "
@@ -185,6 +188,7 @@ class ConduitLoadSensitivityTable(_TableNode):
         return (loaded, summary(loaded))
 
 
+@conduit_node(HEATMAP)
 class ConduitSensitivityHeatmap:
     DESCRIPTION = ("Draws a sensitivity table as an image: layers (rows, UNet order, labelled) by timesteps "
                    "(columns, noisiest first), bright = more sensitive, with a white line around the lambda_S "
@@ -213,15 +217,3 @@ class ConduitSensitivityHeatmap:
                                "pick 'all' or one of the table's features.")
         img = render(table, lambda_s, None if features == "all" else [features], node=HEATMAP)
         return (to_comfy_image(img),)
-
-
-NODE_CLASS_MAPPINGS = {
-    "ConduitSensitivityAnalysis": ConduitSensitivityAnalysis,
-    "ConduitLoadSensitivityTable": ConduitLoadSensitivityTable,
-    "ConduitSensitivityHeatmap": ConduitSensitivityHeatmap,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "ConduitSensitivityAnalysis": ANALYSIS,
-    "ConduitLoadSensitivityTable": LOADER,
-    "ConduitSensitivityHeatmap": HEATMAP,
-}

@@ -5,11 +5,11 @@
     python scripts/train_toy.py --stage controlnet   # the toy ControlNet for the shipped toy UNet (not in "all")
 
 Stages, each checkpointed under --work so a killed run resumes where it stopped:
-  1. vae     the tiny KL autoencoder of toymodel/build.py (ComfyUI's AutoencoderKL, 8x down, 4 channels)
+  1. vae     the tiny KL autoencoder of toyworld/build.py (ComfyUI's AutoencoderKL, 8x down, 4 channels)
              on 64x64 toy images: MSE + L1 reconstruction, KL weight 1e-6.
   2. encode  rescale the VAE so that ComfyUI's SD1.5 latent scale (0.18215) gives unit-variance, zero-mean
              latents, then encode --data training images (posterior mean and std kept).
-  3. unet    the tiny SD1.5-shaped UNet (toymodel/build.py "sd15": 32 channels, cross-attention at the
+  3. unet    the tiny SD1.5-shaped UNet (toyworld/build.py "sd15": 32 channels, cross-attention at the
              8x8, 4x4 and 2x2 latent grids) with the model's own epsilon objective on ComfyUI's discrete
              1000-step schedule (model_sampling of the ComfyUI model), frozen random CLIP-shaped text
              encoder through ComfyUI's tokenizer and encode path, 10 % empty captions for CFG, EMA weights.
@@ -20,7 +20,7 @@ Stages, each checkpointed under --work so a killed run resumes where it stopped:
              frozen; hint = the training image's silhouette (white shape on black); the same latents, captions
              and epsilon objective as the UNet stage, with the control residuals fed into the frozen UNet.
              Writes --cn-out (fp32) at every checkpoint and at the end. Re-run it whenever the UNet changes.
-Held-out (colour, texture, shape) triples of toy/world.py are never trained on.
+Held-out (colour, texture, shape) triples of toyworld/world.py are never trained on.
 """
 from __future__ import annotations
 
@@ -37,12 +37,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import conduit  # noqa: E402,F401  (registers the pack as conduit_pack)
 
 log = logging.getLogger("train_toy")
 
-DEFAULT_OUT = ROOT / "toymodel" / "weights" / "toy_sd15.safetensors"
+DEFAULT_OUT = ROOT / "toyworld" / "weights" / "toy_sd15.safetensors"
 DEFAULT_WORK = ROOT / ".cache" / "toy_train"
-DEFAULT_CN_OUT = ROOT / "toymodel" / "weights" / "toy_controlnet.safetensors"
+DEFAULT_CN_OUT = ROOT / "toyworld" / "weights" / "toy_controlnet.safetensors"
 
 
 def parse_args(argv=None):
@@ -95,7 +96,7 @@ def zero_last_layers(module: torch.nn.Module, names: tuple[str, ...]) -> None:
 
 
 def images_tensor(start: int, count: int, seed: int) -> torch.Tensor:
-    from toy import world
+    from conduit_pack.toyworld import world
 
     imgs = np.stack([s.image for s in world.batch(start, count, seed, "train")])
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -118,7 +119,7 @@ class Stopper:
 # ---------------------------------------------------------------- VAE
 def new_vae(seed: int):
     from comfy.ldm.models.autoencoder import AutoencoderKL
-    from toymodel import build
+    from conduit_pack.toyworld import build
 
     ae = AutoencoderKL(ddconfig=dict(build.TINY_VAE_DDCONFIG), embed_dim=4)
     build.seeded_init_(ae, seed)
@@ -198,7 +199,7 @@ def load_trained_vae(args):
 # ---------------------------------------------------------------- text
 def frozen_clip(seed: int):
     """The frozen random text encoder, rounded to fp16 so the shipped fp16 weights give the same outputs."""
-    from toymodel import build
+    from conduit_pack.toyworld import build
 
     clip = build.build_clip("sd15", seed)
     sd = {k: v.half().float() for k, v in clip.cond_stage_model.state_dict().items()}
@@ -217,7 +218,7 @@ def encode_captions(clip, captions: list[str]) -> torch.Tensor:
 
 # ---------------------------------------------------------------- encode
 def encode_dataset(args) -> None:
-    from toy import world
+    from conduit_pack.toyworld import world
 
     path = args.work / "latents.pt"
     if path.exists():
@@ -300,7 +301,7 @@ def optimizer_step(opt, params, loss: torch.Tensor, lr: float) -> None:
 
 
 def train_unet(args) -> None:
-    from toymodel import build
+    from conduit_pack.toyworld import build
 
     data = torch.load(args.work / "latents.pt", weights_only=True)
     mp = build.build_unet("sd15", args.seed)
@@ -364,7 +365,7 @@ CN_SEED_OFFSET = 5
 
 def silhouettes(data: dict, seed: int) -> torch.Tensor:
     """Hints [N, 1, 64, 64] of the encoded training images (encode_dataset's stream: index i = latent i)."""
-    from toy import world
+    from conduit_pack.toyworld import world
 
     specs = [world.spec_at(i, seed, "train") for i in range(len(data["labels"]))]
     if any(data["captions"][int(data["labels"][i])] != specs[i].caption for i in range(0, len(specs), 97)):
@@ -375,7 +376,8 @@ def silhouettes(data: dict, seed: int) -> torch.Tensor:
 def new_controlnet(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
     """ComfyUI's ControlNet for the toy topology: encoder and middle block copied from the UNet, zero
     convolutions, hint encoder seeded with its last conv at zero (the ControlNet paper's init)."""
-    from toymodel import build, toy
+    from conduit_pack.toyworld import build
+    from conduit_pack.toyworld import demo_model as toy
 
     control = build.build_controlnet(toy.FAMILY, seed).control_model
     own = control.state_dict()
@@ -409,7 +411,8 @@ def cn_loss(model, control, x0, sigma, noise, hint, c) -> torch.Tensor:
 
 def train_controlnet(args) -> None:
     from safetensors.torch import load_file
-    from toymodel import build, toy
+    from conduit_pack.toyworld import build
+    from conduit_pack.toyworld import demo_model as toy
 
     data = torch.load(args.work / "latents.pt", weights_only=True)
     parts = toy.split_state(load_file(str(args.toy_weights)))
@@ -498,7 +501,7 @@ def train_controlnet(args) -> None:
 def export_controlnet(args, control, step: int, history: dict, fingerprint: str) -> None:
     from safetensors.torch import save_file
 
-    from toymodel import toy
+    from conduit_pack.toyworld import demo_model as toy
 
     recipe = {
         "model": "Conduit toy ControlNet (demo only): ComfyUI ControlNet for the toy UNet, hint = shape silhouette",

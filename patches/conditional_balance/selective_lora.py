@@ -14,6 +14,8 @@ from . import style_math
 from ..engine.safe_files import MAX_LORA_BYTES, load_safetensors, refuse_unless_safetensors
 from ..tables import SensitivityTable
 
+NODE = "Conduit Selective LoRA"
+
 log = logging.getLogger(__name__)
 
 MODES = ("style layers", "content layers")
@@ -54,7 +56,7 @@ def layer_weight_prefixes(model_patcher: Any, keys: list[tuple]) -> list[str]:
     """State-dict prefixes "diffusion_model.<blocks>.<id>.<pos>.transformer_blocks.<index>." of the layers."""
     from ..engine.families import family_of
 
-    family = family_of(model_patcher, "Conduit Selective LoRA")
+    family = family_of(model_patcher, NODE)
     return [family.weight_prefix(model_patcher.model.diffusion_model, key) for key in keys]
 
 

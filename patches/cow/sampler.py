@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 
 
+SAMPLER_NODE = "Conduit COW Cycle Sampler"
+
+
 @dataclass
 class CowInversion:
     """Inverted condition latents, canvas-sized and in the model's internal latent scale, keyed by level."""
@@ -51,7 +54,7 @@ class CowSpec:
     seed: int = 42
     suppress: list | None = None  # CONDITIONING
     diversity: list | None = None  # CONDITIONING
-    node: str = "Conduit COW Cycle Sampler"
+    node: str = SAMPLER_NODE
     observer: Callable[[cm.Op, torch.Tensor], None] | None = field(default=None, repr=False)
 
 

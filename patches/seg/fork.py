@@ -225,9 +225,9 @@ class PrefixFork:
     def _fork_module(self, model) -> torch.nn.Module | None:
         """The transformer that holds the first blurred layer, where the batch widens (asked of the family)."""
         from ..engine.families import family_of_model
+        from .guidance import NODE  # guidance imports this module, so its name is read at call time
 
-        return family_of_model(model, "Conduit Smoothed Energy Guidance").transformer(model.diffusion_model,
-                                                                                      *self.fork_key)
+        return family_of_model(model, NODE).transformer(model.diffusion_model, *self.fork_key)
 
     def _fork(self, call: ApplyCall, sigma: float, cou: list, slices: list[slice], fork_module) -> torch.Tensor:
         from ..engine.attention import chain_at

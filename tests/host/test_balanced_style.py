@@ -348,7 +348,7 @@ def test_node_errors_and_image_reference(tiny_sdxl, tiny_sd15):
         node.patch(tiny_sdxl.model, reference_latent={"samples": torch.zeros(2, 4, 8, 8)}, **args)
     with pytest.raises(errors.ConduitError, match="vae"):
         node.patch(tiny_sdxl.model, reference_image=torch.zeros(1, 64, 64, 3), **args)
-    from toymodel import build
+    from conduit_pack.toyworld import build
 
     table = hand_table(tiny_sdxl.model)
     img = torch.rand(1, 64, 48, 3, generator=torch.Generator().manual_seed(0))

@@ -5,7 +5,7 @@ import torch
 from conduit import testing
 import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from tests.host.cb_helpers import hand_table, ref_latent
-from toymodel import build
+from conduit_pack.toyworld import build
 
 import conduit_pack.nodes.conditional_balance as cbn
 import conduit_pack.patches.conditional_balance.controlnet_gate as gate

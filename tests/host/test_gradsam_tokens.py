@@ -2,7 +2,7 @@
 import pytest
 
 import conduit  # noqa: F401  (registers conduit_pack for the imports below)
-from toymodel import build
+from conduit_pack.toyworld import build
 
 import conduit_pack.patches.gradsam.tokens as tokens
 import conduit_pack.patches.engine.errors as errors

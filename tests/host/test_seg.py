@@ -345,7 +345,7 @@ def test_chains_to_another_packs_replace_at_the_same_layer(tiny_sdxl, order):
 
 def test_composes_with_controlnet(tiny_sdxl):
     import nodes
-    from toymodel import build
+    from conduit_pack.toyworld import build
 
     cn = build.build_controlnet("sdxl", seed=3)
     hint = torch.rand(1, 256, 256, 3, generator=torch.Generator().manual_seed(0))

@@ -6,13 +6,13 @@ import torch
 
 from conduit import testing
 import conduit  # noqa: F401  (registers conduit_pack for the imports below)
-from toymodel import build
+from conduit_pack.toyworld import build
 
 import conduit_pack.patches.tables.table as tables
 import conduit_pack.patches.tables.analysis as analysis
 import conduit_pack.patches.engine.layers as layers
 import conduit_pack.patches.engine.errors as errors
-import conduit_pack.nodes.tables  # noqa: E402
+import conduit_pack.nodes  # noqa: E402
 import conduit_pack.patches.engine.attention  # noqa: E402
 import conduit_pack.patches.engine.batch  # noqa: E402
 
@@ -188,7 +188,7 @@ def test_empty_or_single_groups_get_a_clear_error(tiny_sdxl):
 def test_analysis_node_writes_a_table_and_heatmap_draws_it(pack, tiny_sdxl, tmp_path, monkeypatch):
     import folder_paths
 
-    nodes = conduit_pack.nodes.tables.NODE_CLASS_MAPPINGS
+    nodes = conduit_pack.nodes.NODE_CLASS_MAPPINGS
     clip = build.build_clip("sdxl", 1)
     vae = build.build_vae(2)
     images = torch.rand(4, 64, 64, 3)

@@ -7,7 +7,7 @@ import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
 from eval import classifier, measures, quality
 from eval.gen import Toy, load_toy
-from toy import world
+from conduit_pack.toyworld import world
 
 import conduit_pack.patches.engine.layers as layers
 import conduit_pack.nodes.demo_model as demo

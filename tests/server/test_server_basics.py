@@ -10,17 +10,14 @@ from conduit.host import REPO_ROOT
 
 
 def pack_node_ids() -> set[str]:
-    """Node ids declared in nodes/*.py (classes under @conduit_node, or an old-style mapping), read as text so
-    this tier does not import ComfyUI in-process."""
+    """Node ids declared in nodes/*.py (classes under @conduit_node), read as text so this tier does not import
+    ComfyUI in-process."""
     import re
 
     ids = set()
     for path in (REPO_ROOT / "nodes").glob("*.py"):
         text = path.read_text()
         ids |= set(re.findall(r"^@conduit_node\(.*?\)\nclass (Conduit\w+)", text, re.M))
-        m = re.search(r"NODE_CLASS_MAPPINGS\s*=\s*\{(.*?)\}", text, re.S)
-        if m:
-            ids |= set(re.findall(r'"(Conduit\w+)"\s*:', m.group(1)))
     return ids
 
 

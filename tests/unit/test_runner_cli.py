@@ -148,7 +148,7 @@ def test_class_the_server_lacks():
 # ---- the demo model's own size ------------------------------------------------------------------------------
 
 def test_demo_size_is_the_toy_models_training_size():
-    tree = ast.parse((REPO_ROOT / "toymodel" / "toy.py").read_text())
+    tree = ast.parse((REPO_ROOT / "toyworld" / "demo_model.py").read_text())
     sizes = [n.value.value for n in tree.body if isinstance(n, ast.Assign)
              and any(getattr(t, "id", "") == "IMAGE_SIZE" for t in n.targets)]
     assert sizes == [jobs.DEMO_SIZE] == [64]

@@ -4,16 +4,30 @@ Server tests swap a workflow's CheckpointLoaderSimple / ControlNetLoader for the
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from types import ModuleType
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-if _REPO not in sys.path:
-    sys.path.append(_REPO)
+from .foreign_pack import ConduitTestShortKeyPAG
 
-from toymodel import build  # noqa: E402
+_REPO = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), *[os.pardir] * 3))
 
-from .foreign_pack import ConduitTestShortKeyPAG  # noqa: E402
+
+def _pack() -> ModuleType:
+    """The Conduit pack as this process loaded it (ComfyUI names it after its custom_nodes folder; tests name it
+    conduit_pack), so its toy world is never loaded twice under two names."""
+    for mod in list(sys.modules.values()):
+        path = getattr(mod, "__file__", None)
+        if path and os.path.basename(path) == "__init__.py" and \
+                os.path.realpath(os.path.dirname(path)) == _REPO and hasattr(mod, "__path__"):
+            return mod
+    raise RuntimeError("the Conduit pack is not loaded in this process")
+
+
+def _build() -> ModuleType:
+    return importlib.import_module(f"{_pack().__name__}.toyworld.build")
+
 
 FAMILIES = ["sdxl", "sd15"]
 
@@ -28,7 +42,7 @@ class ConduitTestTinyCheckpoint:
         return {"required": {"family": (FAMILIES,), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
 
     def load(self, family: str, seed: int):
-        b = build.build_bundle(family, seed)
+        b = _build().build_bundle(family, seed)
         return (b.model, b.clip, b.vae)
 
 
@@ -42,7 +56,7 @@ class ConduitTestTinyControlNet:
         return {"required": {"family": (FAMILIES,), "seed": ("INT", {"default": 3, "min": 0, "max": 2**31})}}
 
     def load(self, family: str, seed: int):
-        return (build.build_controlnet(family, seed),)
+        return (_build().build_controlnet(family, seed),)
 
 
 NODE_CLASS_MAPPINGS = {"ConduitTestTinyCheckpoint": ConduitTestTinyCheckpoint,

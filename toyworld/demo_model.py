@@ -1,6 +1,6 @@
 """Load the trained toy model (demo only): one safetensors file holding unet.*, vae.* and clip.* weights.
 
-The topology is toymodel/build.py's tiny "sd15" family, so the pack sees it as an SD1.5 model; images are
+The topology is toyworld/build.py's tiny "sd15" family, so the pack sees it as an SD1.5 model; images are
 64x64 (8x8 latents). scripts/train_toy.py writes the file and records its recipe in the metadata.
 Its toy ControlNet (hint: the shape's silhouette, white on black) is a second file, trained against one
 particular toy UNet by `scripts/train_toy.py --stage controlnet`.
