@@ -141,7 +141,7 @@ def render(table: SensitivityTable, lambda_s: float = 0.43, features: Sequence[s
 
     pref_h = cell[1] if cell else max(8, min(22, 720 // n_layers))
     pref_w = cell[0] if cell else max(6, min(28, 640 // n_steps))
-    small0 = _font(12)
+    small0 = _font(max(9, min(12, pref_h)))  # the label font at the preferred cell height, as drawn when it fits
     label_w = min(LABEL_MAX_W, max(_text_w(probe, short_text(key_short(k), 12), small0)
                                    for k in table.layer_keys[:: max(1, n_layers // 512)]) + 10)
     gap = 24

@@ -213,6 +213,10 @@ def resolve_table(source: Any, node: str = ANALYSIS_NODE) -> SensitivityTable:
                        "connect the table output of a Conduit table node.")
 
 
+MAX_PREFIX_CHARS = 1000  # a table name is a path under the tables folder; file systems allow 255 per name
+MAX_NAME_CHARS = 200  # leaves room for the counter and the suffix
+
+
 def save_analysis_table(table: SensitivityTable, filename_prefix: str, node: str = ANALYSIS_NODE) -> dict:
     """Write a new table as <prefix>_NNNNN_.json into the first conduit_tables folder (so it is listed by Load
     Sensitivity Table) and the same file into ComfyUI's output folder (downloadable through /view). The first
@@ -226,6 +230,11 @@ def save_analysis_table(table: SensitivityTable, filename_prefix: str, node: str
     if "\x00" in filename_prefix:
         raise ConduitError(node, "filename_prefix contains a NUL byte.",
                            "use a plain prefix such as sensitivity/table.")
+    parts = filename_prefix.replace("\\", "/").split("/")
+    if len(filename_prefix) > MAX_PREFIX_CHARS or any(len(part) > MAX_NAME_CHARS for part in parts):
+        raise ConduitError(node, f"filename_prefix is too long ({len(filename_prefix)} characters).",
+                           f"use a prefix of at most {MAX_PREFIX_CHARS} characters, with folder and file names of "
+                           f"at most {MAX_NAME_CHARS}, such as sensitivity/table.")
     try:
         out_folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
     except Exception:  # noqa: BLE001  (ComfyUI raises a plain Exception for prefixes outside output/)
@@ -244,8 +253,13 @@ def save_analysis_table(table: SensitivityTable, filename_prefix: str, node: str
         counter += 1
     table_file = os.path.join(tables_folder, filename)
     output_file = os.path.join(out_folder, filename)
-    save_table(table, table_file)
-    save_table(table, output_file)
+    try:
+        save_table(table, table_file)
+        save_table(table, output_file)
+    except OSError as exc:
+        raise ConduitError(node, f"could not write the table file {filename} ({exc.strerror or type(exc).__name__}).",
+                           "check that ComfyUI's output and models/conduit_tables folders are writable and have "
+                           "room.") from None
     return {"name": os.path.join(subfolder, filename) if subfolder else filename, "filename": filename,
             "subfolder": subfolder, "output_path": output_file, "table_path": table_file}
 

@@ -59,6 +59,29 @@ class ConduitTestTinyControlNet:
         return (_build().build_controlnet(family, seed),)
 
 
+class AnyType(str):
+    """A socket type that every type matches (ComfyUI compares types with !=; this side always answers equal)."""
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+
+class ConduitTestSink:
+    """An output node for any socket, so the sweep can run a node whose output no core node consumes."""
+    CATEGORY = "conduit/testing"
+    RETURN_TYPES = ()
+    FUNCTION = "take"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": (AnyType("*"),)}}
+
+    def take(self, value):
+        return {"ui": {"text": [type(value).__name__]}}
+
+
 NODE_CLASS_MAPPINGS = {"ConduitTestTinyCheckpoint": ConduitTestTinyCheckpoint,
                        "ConduitTestTinyControlNet": ConduitTestTinyControlNet,
-                       "ConduitTestShortKeyPAG": ConduitTestShortKeyPAG}
+                       "ConduitTestShortKeyPAG": ConduitTestShortKeyPAG,
+                       "ConduitTestSink": ConduitTestSink}
