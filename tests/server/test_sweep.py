@@ -347,7 +347,7 @@ def long_graphs(builder: GraphBuilder) -> dict:
     inversion["ref"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
     analysis = builder.for_node("ConduitSensitivityAnalysis", steps=200, samples_per_group=20,
                                 groups="oil painting\nwatercolor\npencil sketch")
-    gradsam = builder.for_node("ConduitGradSAMKSampler", steps=5000, subject="star")
+    gradsam = builder.for_node("ConduitGradSAMKSampler", steps=5000, prompt="a red star", subject="star")
     return {"seg": seg, "balanced style inversion": inversion, "analysis": analysis, "grad-sam": gradsam}
 
 
