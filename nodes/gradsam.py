@@ -35,6 +35,13 @@ def _sampler_names() -> list[str]:
     return list(comfy.samplers.SAMPLER_NAMES)
 
 
+def model_inputs(negative_tip: str) -> dict:
+    """The model and conditioning sockets of the all-in-one sampler and the mask inspector."""
+    return {"model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model."}),
+            "positive": ("CONDITIONING", {"tooltip": "Positive conditioning, encoded from 'prompt'."}),
+            "negative": ("CONDITIONING", {"tooltip": negative_tip})}
+
+
 def text_inputs() -> dict:
     return {
         "clip": ("CLIP", {"tooltip": "The text encoder of the model. Only its tokenizer is used, to find which "
@@ -212,9 +219,7 @@ class ConduitGradSAMKSampler:
         import comfy.samplers
 
         return {"required": {
-            "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model."}),
-            "positive": ("CONDITIONING", {"tooltip": "Positive conditioning, encoded from 'prompt'."}),
-            "negative": ("CONDITIONING", {"tooltip": "Negative conditioning (the reference used an empty prompt)."}),
+            **model_inputs("Negative conditioning (the reference used an empty prompt)."),
             "latent_image": ("LATENT", {"tooltip": "The starting latent (e.g. Empty Latent Image)."}),
             "reference": ("LATENT", {"tooltip": "The background: a VAE-encoded image (resized with a warning if "
                                                 "its size differs)."}),
@@ -266,9 +271,7 @@ class ConduitGradSAMMask:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model."}),
-            "positive": ("CONDITIONING", {"tooltip": "Positive conditioning, encoded from 'prompt'."}),
-            "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
+            **model_inputs("Negative conditioning."),
             "latent": ("LATENT", {"tooltip": "The latent to inspect (e.g. a sampled or VAE-encoded image); it is "
                                              "noised to the step's level with 'seed'."}),
             **text_inputs(),
