@@ -43,6 +43,19 @@ def queue_of(server) -> dict:
 EMPTY = {"queue_running": [], "queue_pending": []}
 
 
+def ctrl_c_once(proc, ready, what: str) -> str:
+    """Ctrl-C the runner once `ready()` holds; its stderr. It must exit as cancelled (130)."""
+    try:
+        wait_until(ready, what=what)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    return err
+
+
 def wait_until(predicate, timeout=180.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -155,14 +168,8 @@ def test_sigint_on_a_two_server_run_leaves_both_queues_empty(comfy_server, secon
     servers = (comfy_server, second_server)
     assert all(queue_of(s) == EMPTY for s in servers)
     proc = start_cli(*long_run_args(*servers), "--out", str(tmp_path))
-    try:
-        wait_until(lambda: all(len(queue_of(s)["queue_running"]) == 1 for s in servers), what="a run on each server")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err[-3000:]
+    err = ctrl_c_once(proc, lambda: all(len(queue_of(s)["queue_running"]) == 1 for s in servers),
+                      "a run on each server")
     assert [queue_of(s) for s in servers] == [EMPTY, EMPTY]
     assert err.count("CANCELLED") == 2 and err.count("interrupted") == 2, err[-3000:]
     assert "cancelled; nothing left on the servers" in err and "Traceback" not in err
@@ -180,14 +187,7 @@ def test_sigint_removes_our_queued_prompt_and_spares_another_users_running_one(c
     try:
         wait_until(lambda: queue_of(comfy_server)["queue_running"] == [theirs], what="the other prompt to run")
         proc = start_cli(*long_run_args(comfy_server, seeds="5"), "--out", str(tmp_path))
-        try:
-            wait_until(lambda: len(queue_of(comfy_server)["queue_pending"]) == 1, what="our prompt to queue")
-            proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 130, err[-3000:]
+        err = ctrl_c_once(proc, lambda: len(queue_of(comfy_server)["queue_pending"]) == 1, "our prompt to queue")
         assert "removed from the queue" in err
         assert queue_of(comfy_server) == {"queue_running": [theirs], "queue_pending": []}
     finally:
