@@ -122,6 +122,23 @@ def _contour(mask: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
             | (px(left) & (xx < t)[None, :]) | (px(right) & (xx >= cw - t)[None, :]))
 
 
+def _draw_cut_lines(draw: ImageDraw.ImageDraw, cut: torch.Tensor, x0: int, top: int, ch: int, cw: int) -> None:
+    """The λS contour as 2 px lines on the borders between cut and uncut cells (only border cells are visited)."""
+    pad = torch.nn.functional.pad(cut, (1, 1, 1, 1))
+    up, down = cut & ~pad[:-2, 1:-1], cut & ~pad[2:, 1:-1]
+    left, right = cut & ~pad[1:-1, :-2], cut & ~pad[1:-1, 2:]
+    for r, c in (up | down | left | right).nonzero().tolist():
+        x, y = x0 + c * cw, top + r * ch
+        if up[r, c]:
+            draw.line([(x, y), (x + cw, y)], fill=CUT, width=2)
+        if down[r, c]:
+            draw.line([(x, y + ch), (x + cw, y + ch)], fill=CUT, width=2)
+        if left[r, c]:
+            draw.line([(x, y), (x, y + ch)], fill=CUT, width=2)
+        if right[r, c]:
+            draw.line([(x + cw, y), (x + cw, y + ch)], fill=CUT, width=2)
+
+
 def render(table: SensitivityTable, lambda_s: float = 0.43, features: Sequence[str] | None = None,
            cell: tuple[int, int] | None = None, node: str = HEATMAP_NODE) -> Image.Image:
     """The heatmap as an RGB PIL image of at most MAX_WIDTH x MAX_HEIGHT pixels.
@@ -178,7 +195,7 @@ def render(table: SensitivityTable, lambda_s: float = 0.43, features: Sequence[s
     for r, first in enumerate(row_first):
         key = table.layer_keys[first]
         new_block = r == 0 or key[:2] != table.layer_keys[row_first[r - 1]][:2]
-        if (new_block and (r == 0 or ch >= 12)) or r % step == 0:
+        if (new_block and (r == 0 or ch >= 12 or rows == n_layers)) or r % step == 0:
             draw.text((4, top + r * ch + max(0, (ch - 11) // 2)), labels[r], fill=TEXT, font=small)
 
     for p, f in enumerate(feats):
@@ -189,16 +206,20 @@ def render(table: SensitivityTable, lambda_s: float = 0.43, features: Sequence[s
         rgb = colour(grid)
         tile = rgb.repeat_interleave(ch, 0).repeat_interleave(cw, 1)
         cut = _bin_mean(_bin_mean(_cut_mask(s, count).double(), col_edges, 0), row_edges, 1).t() >= 0.5
-        tile[_contour(cut, ch, cw)] = torch.tensor(CUT, dtype=torch.uint8)
+        exact = rows == n_layers and cols == n_steps
+        if not exact:  # averaged cells: a pixel mask (linear); one cell per entry: lines, as drawn before
+            tile[_contour(cut, ch, cw)] = torch.tensor(CUT, dtype=torch.uint8)
         # block separators
         for r in range(1, rows):
             if table.layer_keys[row_first[r]][:2] != table.layer_keys[row_first[r - 1]][:2]:
                 tile[r * ch, :] = torch.tensor(BACKGROUND, dtype=torch.uint8)
         img.paste(Image.fromarray(tile.numpy(), "RGB"), (x0, top))
+        if exact:
+            _draw_cut_lines(draw, cut, x0, top, ch, cw)
         draw.text((x0, top - _text_h(probe, small) - 6), f"feature {f}", fill=TEXT, font=small)
         # column means (timestep sensitivity) and timestep ticks
         ys = top + grid_h + 6
-        means = colour(_bin_mean(norm.mean(dim=1), col_edges, 0))
+        means = colour(_bin_mean(_normalise(s.mean(dim=1), lo, hi), col_edges, 0))
         strip_img = means.unsqueeze(0).repeat_interleave(strip, 0).repeat_interleave(cw, 1).numpy()
         img.paste(Image.fromarray(strip_img, "RGB"), (x0, ys))
         tick_every = max(1, -(-36 // cw))
