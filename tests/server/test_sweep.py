@@ -23,6 +23,7 @@ import re
 import pytest
 from PIL import Image
 
+from conduit import workflow
 from conduit.client import PromptRejected
 
 KEY_ENV = "CONDUIT_TEST_MLLM_KEY"  # the same variable the COW server tests use; read when the server starts
@@ -348,7 +349,17 @@ def long_graphs(builder: GraphBuilder) -> dict:
     analysis = builder.for_node("ConduitSensitivityAnalysis", steps=200, samples_per_group=20,
                                 groups="oil painting\nwatercolor\npencil sketch")
     gradsam = builder.for_node("ConduitGradSAMKSampler", steps=5000, prompt="a red star", subject="star")
-    return {"seg": seg, "balanced style inversion": inversion, "analysis": analysis, "grad-sam": gradsam}
+    cow = workflow.swap_loaders(workflow.load_api("cow_seed_cycle"), "sd15")
+    for nid in workflow.nodes_of(cow, "ConduitCOWSeedCanvas"):
+        workflow.set_input(cow, nid, "canvas_width", 64)
+        workflow.set_input(cow, nid, "canvas_height", 64)
+        workflow.set_input(cow, nid, "box_w", 32.0)
+        workflow.set_input(cow, nid, "box_h", 32.0)
+        workflow.set_input(cow, nid, "box_x", 16.0)
+    workflow.set_all(cow, "BasicScheduler", steps=1000)
+    workflow.set_all(cow, "ConduitCOWCycleSampler", cycles=100)
+    return {"seg": seg, "balanced style inversion": inversion, "analysis": analysis, "grad-sam": gradsam,
+            "cow cycles": cow}
 
 
 def test_interrupt_stops_every_long_loop(sweep_client, object_info, sweep_table):
