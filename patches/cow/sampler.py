@@ -101,8 +101,17 @@ def _denoiser(model, extra_args: dict, phase: str | None = None) -> Callable[[to
 
 @torch.no_grad()
 def sample_invert(model, x, sigmas, extra_args=None, callback=None, disable=None, record=None):
-    """KSAMPLER function: sigmas ascend from 0; every intermediate latent is appended to `record`."""
-    path = invert_path(_denoiser(model, extra_args, "invert"), x, [float(s) for s in sigmas])
+    """KSAMPLER function: sigmas ascend from 0; every intermediate latent is appended to `record`.
+    It reports no progress to ComfyUI, so it checks /interrupt itself before every model call."""
+    import comfy.model_management as mm
+
+    denoise = _denoiser(model, extra_args, "invert")
+
+    def checked(x_: torch.Tensor, sigma: float) -> torch.Tensor:
+        mm.throw_exception_if_processing_interrupted()
+        return denoise(x_, sigma)
+
+    path = invert_path(checked, x, [float(s) for s in sigmas])
     if record is not None:
         record.extend(t.detach().clone() for t in path)
     return path[-1]
