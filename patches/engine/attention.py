@@ -103,7 +103,7 @@ def rebind(fn: AttentionFn, short: AttentionFn | None) -> AttentionFn:
     hit = link.rebound.get(id(target))
     if hit is not None and hit[0] is target:
         return hit[1]
-    new = chained(link.make, target, EXACT if link.source == EXACT else (SHORT if target is not None else NONE))
+    new = chained(link.make, target, EXACT if link.source == EXACT else SHORT)  # chained records NONE for None
     link.rebound[id(target)] = (target, new)
     while len(link.rebound) > _REBOUND_CACHE:
         link.rebound.popitem(last=False)

@@ -106,12 +106,16 @@ def _cell(n: int, preferred: int, budget: int) -> tuple[int, int]:
     return max(1, budget // MIN_CELL), MIN_CELL
 
 
+def _cut_edges(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[R, C] bool each: selected cells whose upper, lower, left, right neighbour is unselected or the edge."""
+    pad = torch.nn.functional.pad(mask, (1, 1, 1, 1))
+    return (mask & ~pad[:-2, 1:-1], mask & ~pad[2:, 1:-1], mask & ~pad[1:-1, :-2], mask & ~pad[1:-1, 2:])
+
+
 def _contour(mask: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
     """[R·ch, C·cw] bool: the border pixels of selected cells that touch an unselected cell or the edge."""
     t = 2 if min(ch, cw) >= 6 else 1
-    pad = torch.nn.functional.pad(mask, (1, 1, 1, 1))
-    up, down = mask & ~pad[:-2, 1:-1], mask & ~pad[2:, 1:-1]
-    left, right = mask & ~pad[1:-1, :-2], mask & ~pad[1:-1, 2:]
+    up, down, left, right = _cut_edges(mask)
 
     def px(edge: torch.Tensor) -> torch.Tensor:
         return edge.repeat_interleave(ch, 0).repeat_interleave(cw, 1)
@@ -124,9 +128,7 @@ def _contour(mask: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
 
 def _draw_cut_lines(draw: ImageDraw.ImageDraw, cut: torch.Tensor, x0: int, top: int, ch: int, cw: int) -> None:
     """The λS contour as 2 px lines on the borders between cut and uncut cells (only border cells are visited)."""
-    pad = torch.nn.functional.pad(cut, (1, 1, 1, 1))
-    up, down = cut & ~pad[:-2, 1:-1], cut & ~pad[2:, 1:-1]
-    left, right = cut & ~pad[1:-1, :-2], cut & ~pad[1:-1, 2:]
+    up, down, left, right = _cut_edges(cut)
     for r, c in (up | down | left | right).nonzero().tolist():
         x, y = x0 + c * cw, top + r * ch
         if up[r, c]:
