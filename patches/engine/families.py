@@ -3,7 +3,9 @@
 A family says how to recognise its models, how its attention layers are laid out (keys, strides for token
 grids, heads), where its blocks sit (the hook points: the module that holds a layer, a layer's weight
 prefix, the blocks after a layer), and how the published tables' diffusers layer names map to its keys.
-Techniques call `family_of(model_patcher, node)` and ask the result; they never test a family's name.
+Techniques call `family_of(model_patcher, node, kinds)` and ask the result; they never test a family's name.
+`kinds` says which kinds of family a technique has been built and tested for ("unet", "dit"): a model of
+another kind gets a clear refusal that names the node, instead of a patch that silently does nothing.
 Adding a family means adding a description here, plus its tables and tests.
 """
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 from .errors import ConduitError
 from .layers import AttentionLayer
+
+UNET, DIT = "unet", "dit"
 
 BLOCK_ORDER = ("input", "middle", "output")
 
@@ -25,6 +29,12 @@ class UNetFamily:
     name: str  # what users read, e.g. "SDXL"
     config_class: str  # the comfy.supported_models class that identifies it
     diffusers_layers_per_block: int = 2  # res/attention pairs per down level in diffusers' names
+    kind: str = UNET
+    table_families: tuple[str, ...] = ()  # other table family ids that fit this family's models
+    seg_default: str = "middle"  # SEG's "auto" layers: the official code's whole mid block
+
+    def accepts_table(self, table_family: str) -> bool:
+        return table_family == self.id or table_family in self.table_families
 
     def recognises(self, model: Any) -> bool:
         import comfy.supported_models as sm
@@ -100,32 +110,127 @@ class UNetFamily:
         return diffusers_attn1_key(name, self.diffusers_layers_per_block)
 
 
+@dataclass(frozen=True)
+class DiTFamily:
+    """A diffusion transformer run on one joint [text, image] token sequence: SD3's MMDiT joint blocks
+    (ComfyUI calls them "double_block") or Flux's double and single blocks. Each block is one layer (index 0):
+    its joint attention, whose image tokens are the latent's patches in row-major order. Hooks are core's
+    `patches_replace["dit"]` block replaces and the `optimized_attention_override` transformer option."""
+    id: str
+    name: str
+    config_class: str
+    model_class: str  # the diffusion_model class (module path, class name)
+    stacks: tuple[tuple[str, str], ...]  # (block name, diffusion_model attribute) in forward order
+    seg_default: str = ""  # SEG's "auto" layers (docs/seg.md says why); missing blocks fall back to the middle
+    kind: str = DIT
+    table_families: tuple[str, ...] = ()
+
+    def accepts_table(self, table_family: str) -> bool:
+        return table_family == self.id or table_family in self.table_families
+
+    def recognises(self, model: Any) -> bool:
+        import importlib
+
+        import comfy.supported_models as sm
+
+        config_cls = getattr(sm, self.config_class, None)
+        module, cls_name = self.model_class.rsplit(".", 1)
+        try:
+            model_cls = getattr(importlib.import_module(module), cls_name)
+        except (ImportError, AttributeError):
+            return False
+        return (config_cls is not None and isinstance(getattr(model, "model_config", None), config_cls)
+                and isinstance(getattr(model, "diffusion_model", None), model_cls))
+
+    def patch_size(self, dit: Any) -> int:
+        size = getattr(dit, "patch_size", 2)
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def blocks(self, dit: Any) -> list[tuple[str, int, Any]]:
+        return [(name, i, m) for name, attr in self.stacks for i, m in enumerate(getattr(dit, attr))]
+
+    def container(self, dit: Any, block: str, block_id: int) -> Any:
+        attr = dict(self.stacks)[block]
+        return getattr(dit, attr)[block_id]
+
+    def transformer(self, dit: Any, block: str, block_id: int) -> Any | None:
+        return self.container(dit, block, block_id)
+
+    def weight_prefix(self, dit: Any, key: tuple) -> str:
+        """State-dict prefix "diffusion_model.<stack>.<id>." of a block."""
+        return f"diffusion_model.{dict(self.stacks)[key[0]]}.{key[1]}."
+
+    def blocks_from(self, dit: Any, first: tuple) -> list[Any]:
+        seq = self.blocks(dit)
+        start = next(i for i, (b, bid, _) in enumerate(seq) if (b, bid) == (first[0], first[1]))
+        return [m for _, _, m in seq[start:]]
+
+    def heads(self, dit: Any) -> tuple[int, int]:
+        heads = int(dit.num_heads)
+        return heads, int(dit.hidden_size) // heads
+
+    def attention_layers(self, dit: Any) -> list[AttentionLayer]:
+        """One layer per block, in forward order; the grid stride is the patch size."""
+        heads, dim_head = self.heads(dit)
+        stride = self.patch_size(dit)
+        return [AttentionLayer(name, i, 0, order, stride, heads, dim_head, False)
+                for order, (name, i, _) in enumerate(self.blocks(dit))]
+
+    def text_tokens(self, dit: Any, context_len: int) -> int:
+        """Text tokens at the front of each joint sequence: the encoded prompt plus any learned registers."""
+        return int(context_len) + int(getattr(dit, "register_length", 0) or 0)
+
+    def diffusers_key(self, name: str) -> tuple:
+        """diffusers' "transformer_blocks.7.attn" (SD3) / "single_transformer_blocks.3.attn" (Flux) -> key."""
+        import re
+
+        m = re.match(r"^(single_)?transformer_blocks\.(\d+)\.", name)
+        if m is None:
+            raise ValueError(f"not a diffusers DiT block name: {name!r}")
+        return ("single_block" if m.group(1) else "double_block", int(m.group(2)), 0)
+
+
 # Checked in this order: a subclass's family comes before its base's.
-FAMILIES: tuple[UNetFamily, ...] = (
+FAMILIES: tuple[UNetFamily | DiTFamily, ...] = (
     UNetFamily("sdxl", "SDXL", "SDXL"),
     UNetFamily("sd2", "SD2.x", "SD20"),
     UNetFamily("sd15", "SD1.x", "SD15"),
+    DiTFamily("sd3", "SD3/SD3.5", "SD3", "comfy.ldm.modules.diffusionmodules.mmdit.MMDiT",
+              (("double_block", "joint_blocks"),), seg_default="d7-9", table_families=("sd35l", "sd35m")),
+    DiTFamily("flux", "Flux", "Flux", "comfy.ldm.flux.model.Flux",
+              (("double_block", "double_blocks"), ("single_block", "single_blocks")), seg_default="s0"),
 )
 FAMILY_NAMES = {f.id: f.name for f in FAMILIES}
+FAMILY_NAMES.update({"sd35l": "SD3.5 Large", "sd35m": "SD3.5 Medium"})  # table ids of SD3 models
 
 
-def family_by_id(family_id: str) -> UNetFamily | None:
+Family = UNetFamily | DiTFamily
+
+
+def family_by_id(family_id: str) -> Family | None:
     return next((f for f in FAMILIES if f.id == family_id), None)
 
 
-def family_of(model_patcher: Any, node: str) -> UNetFamily:
+def family_of(model_patcher: Any, node: str, kinds: tuple[str, ...] = (UNET,)) -> Family:
     """The family of a ModelPatcher (only `.model` is read); a ConduitError naming the node for anything
-    unsupported."""
-    return family_of_model(model_patcher.model, node)
+    unsupported, or of a kind (UNet, DiT) the node does not handle."""
+    return family_of_model(model_patcher.model, node, kinds)
 
 
-def family_of_model(model: Any, node: str) -> UNetFamily:
+def _names(kinds: tuple[str, ...]) -> str:
+    names = [f.name for f in FAMILIES if f.kind in kinds]
+    names = [n for n in names if n.startswith("SD1")] + [n for n in names if not n.startswith("SD1")]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def family_of_model(model: Any, node: str, kinds: tuple[str, ...] = (UNET,)) -> Family:
     """The same for a comfy BaseModel (what samplers and apply-model wrappers see)."""
     for family in FAMILIES:
         if family.recognises(model):
+            if family.kind not in kinds:
+                raise ConduitError(node, f"{family.name} models are not supported by this node yet.",
+                                   f"use it with a supported model: {_names(kinds)}.")
             return family
     config = getattr(model, "model_config", None)
     name = type(config).__name__ if config is not None else type(model).__name__
-    names = [f.name for f in reversed(FAMILIES)]  # oldest first, as users list them
-    raise ConduitError(node, f"model family {name} is not supported.",
-                       f"use a {', '.join(names[:-1])} or {names[-1]} checkpoint (supported: {', '.join(names)}).")
+    raise ConduitError(node, f"model family {name} is not supported.", f"use a supported checkpoint: {_names(kinds)}.")

@@ -8,21 +8,32 @@ from .errors import ConduitError
 from .layers import AttentionLayer
 
 PRESETS = ("middle", "output", "input", "all")
+DIT_PRESETS = {"double": "double_block", "single": "single_block"}  # DiT stacks (SD3's joint blocks: double)
+ALL_PRESETS = (*PRESETS, *DIT_PRESETS)
 BLOCK_LETTERS = {"i": "input", "d": "input", "m": "middle", "o": "output", "u": "output"}
+DIT_LETTERS = {"d": "double_block", "j": "double_block", "s": "single_block"}
 # letter, block id or id range, optional depth or depth range
 # (at most 4 digits each: no model has more blocks, and a longer number is a typo, not a layer)
 _TOKEN = re.compile(r"^([a-z])(\d{1,4})(?:-(\d{1,4}))?(?:\.(\d{1,4})(?:-(\d{1,4}))?)?$")
 SYNTAX_FIX = ("write comma-separated tokens: a block letter (i = input, m = middle, o = output), the block "
               "number, an optional range (i4-5) and an optional depth or depth range (o1.2, m0.0-3); "
               "'Conduit Model Layers' lists the names.")
+DIT_SYNTAX_FIX = ("write comma-separated tokens: a block letter (d = double or SD3 joint block, s = single "
+                  "block), the block number and an optional range (d7, d7-9, s0-3); 'Conduit Model Layers' "
+                  "lists the names.")
+
+
+def _is_dit(layers: Sequence[AttentionLayer]) -> bool:
+    return bool(layers) and layers[0].is_dit
 
 
 def preset_layers(layers: Sequence[AttentionLayer], preset: str) -> list[AttentionLayer]:
     if preset == "all":
         return list(layers)
-    if preset not in PRESETS:
+    if preset not in ALL_PRESETS:
         raise ValueError(f"unknown layer preset {preset!r}")
-    return [layer for layer in layers if layer.block == preset]
+    block = DIT_PRESETS.get(preset, preset)
+    return [layer for layer in layers if layer.block == block]
 
 
 def _span(first: str, last: str | None, token: str, node: str, what: str) -> range:
@@ -33,22 +44,24 @@ def _span(first: str, last: str | None, token: str, node: str, what: str) -> ran
     return range(a, b + 1)
 
 
-def parse_tokens(text: str, node: str) -> list[tuple[str, str, range, range | None]]:
-    """[(token, block, ids, depths or None)] for every comma-separated token; ConduitError names a bad one."""
+def parse_tokens(text: str, node: str, dit: bool = False) -> list[tuple[str, str, range, range | None]]:
+    """[(token, block, ids, depths or None)] for every comma-separated token; ConduitError names a bad one.
+    A DiT's tokens use its own block letters (d, s) and have no depth."""
+    letters, fix = (DIT_LETTERS, DIT_SYNTAX_FIX) if dit else (BLOCK_LETTERS, SYNTAX_FIX)
     out = []
     for raw in text.split(","):
         token = raw.strip().lower()
         if not token:
             continue
         m = _TOKEN.match(token.replace(" ", ""))
-        if m is None or m.group(1) not in BLOCK_LETTERS:
-            raise ConduitError(node, f"layer token '{raw.strip()}' is not understood.", SYNTAX_FIX)
+        if m is None or m.group(1) not in letters or (dit and m.group(4) is not None):
+            raise ConduitError(node, f"layer token '{raw.strip()}' is not understood.", fix)
         letter, id0, id1, d0, d1 = m.groups()
         ids = _span(id0, id1, token, node, "block")
         depths = None if d0 is None else _span(d0, d1, token, node, "depth")
-        out.append((token, BLOCK_LETTERS[letter], ids, depths))
+        out.append((token, letters[letter], ids, depths))
     if not out:
-        raise ConduitError(node, "the custom layer list is empty.", SYNTAX_FIX)
+        raise ConduitError(node, "the custom layer list is empty.", fix)
     return out
 
 
@@ -56,7 +69,7 @@ def named_layers(layers: Sequence[AttentionLayer], text: str, node: str, kind: s
     """Layers named by the list, in forward order; a token that names none of `layers` (the model's `kind`
     layers) is an error whose fix starts with `pick` and lists them."""
     chosen: set[tuple] = set()
-    for token, block, ids, depths in parse_tokens(text, node):
+    for token, block, ids, depths in parse_tokens(text, node, _is_dit(layers)):
         hits = [layer.key for layer in layers
                 if layer.block == block and layer.block_id in ids and (depths is None or layer.index in depths)]
         if not hits:
@@ -89,9 +102,27 @@ def select_layers(layers: Sequence[AttentionLayer], preset: str, custom: str, no
         return custom_layers(layers, text, node)
     chosen = preset_layers(layers, preset)
     if not chosen:
+        usable = [p for p in ALL_PRESETS if preset_layers(layers, p)]
         raise ConduitError(node, f"this model has no self-attention layers in the '{preset}' preset.",
-                           "pick another preset or a custom list.")
+                           f"pick another preset ({', '.join(usable)}) or a custom list.")
     return chosen
+
+
+def default_layers(layers: Sequence[AttentionLayer], spec: str, node: str) -> list[AttentionLayer]:
+    """A family's default list (e.g. "d7-9") restricted to the blocks this model has; when it has none of
+    them (a pruned or tiny model), the preset the spec names, or the middle layer of the stack."""
+    if spec in ALL_PRESETS:
+        chosen = preset_layers(layers, spec)
+        if chosen:
+            return chosen
+    else:
+        chosen = []
+        for _, block, ids, depths in parse_tokens(spec, node, _is_dit(layers)):
+            chosen += [layer for layer in layers if layer.block == block and layer.block_id in ids
+                       and (depths is None or layer.index in depths) and layer not in chosen]
+        if chosen:
+            return sorted(chosen, key=lambda layer: layer.order)
+    return [layers[len(layers) // 2]]
 
 
 def layer_list(layers: Sequence[AttentionLayer], text: str, node: str) -> list[AttentionLayer]:
@@ -100,6 +131,6 @@ def layer_list(layers: Sequence[AttentionLayer], text: str, node: str) -> list[A
     text = (text or "").strip().lower()
     if text in ("", "all"):
         return list(layers)
-    if text in PRESETS:
+    if text in ALL_PRESETS:
         return select_layers(layers, text, "", node)
     return custom_layers(layers, text, node)

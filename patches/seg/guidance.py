@@ -19,9 +19,11 @@ from ..engine.attention import options_set_replace
 from ..engine.errors import ConduitError
 from ..engine.layers import AttentionLayer, attention_layers, model_family
 from .blur_attention import blurred_attention
+from .dit_blur import dit_blur_op
+from ..engine.dit_attention import install_layout, options_with_block
 from ..engine.host import install_apply_wrapper
 from .fork import PrefixFork
-from ..engine.layer_select import select_layers
+from ..engine.layer_select import default_layers, select_layers
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class SegSettings:
     start_percent: float = 0.0
     end_percent: float = 1.0
     rescale: float = 0.0
-    layers: str = "middle"  # preset, or "custom" to use custom_layers
+    layers: str = "auto"  # "auto" (the family default), a preset, or "custom" to use custom_layers
     custom_layers: str = ""
     share_prefix: bool = True
 
@@ -77,22 +79,42 @@ def fork_block(layers: list[AttentionLayer]) -> tuple[str, int] | None:
     return (first.block, first.block_id) if first.block in ("middle", "output") else None
 
 
+KINDS = ("unet", "dit")
+
+
+def seg_layers(model_patcher, settings: SegSettings, node: str = NODE) -> list[AttentionLayer]:
+    """The layers SEG blurs: "auto" is the family's default (a UNet's mid block, documented DiT blocks)."""
+    from ..engine.families import family_of
+
+    family = family_of(model_patcher, node, KINDS)
+    layers = attention_layers(model_patcher, node, KINDS)
+    if settings.layers == "auto":
+        if settings.custom_layers.strip():
+            select_layers(layers, "auto", settings.custom_layers, node)  # the "custom_layers is set" error
+        return default_layers(layers, family.seg_default, node)
+    return select_layers(layers, settings.layers, settings.custom_layers, node)
+
+
 def apply_seg(model_patcher, settings: SegSettings, node: str = NODE):
     """A patched clone of model_patcher; the original is left untouched."""
-    model_family(model_patcher, node)
+    model_family(model_patcher, node, KINDS)
     validate(settings, node)
-    layers = select_layers(attention_layers(model_patcher, node), settings.layers, settings.custom_layers, node)
+    layers = seg_layers(model_patcher, settings, node)
+    dit = layers[0].is_dit
     sigma = -1.0 if seg_math.is_infinite(settings.sigma) else float(settings.sigma)
     scale, amount = float(settings.scale), float(settings.rescale)
     window = _Window(settings.start_percent, settings.end_percent)
     keys = [layer.key for layer in layers]
     m = model_patcher.clone()
 
+    if dit:
+        install_layout(m)  # the extra pass's block replaces need each call's token layout
+
     def active(model, s: float) -> bool:
         return scale != 0 and window.contains(model.model_sampling, s)
 
     fork = None
-    where = fork_block(layers) if settings.share_prefix else None
+    where = fork_block(layers) if settings.share_prefix and not dit else None
     if where is not None and scale != 0:
         uid = uuid.uuid4().hex[:12]
         fork = PrefixFork(uid, where, keys, lambda n, n_new, flag: blurred_attention(sigma, n, n_new, flag), active)
@@ -106,7 +128,10 @@ def apply_seg(model_patcher, settings: SegSettings, node: str = NODE):
 
         opts = args["model_options"] if fork is None else fork.separate_pass_options(args["model_options"])
         for key in keys:
-            opts = options_set_replace(opts, "attn1", key, blurred_attention(sigma))
+            if dit:
+                opts = options_with_block(opts, key[:2], dit_blur_op(sigma))
+            else:
+                opts = options_set_replace(opts, "attn1", key, blurred_attention(sigma))
         return calc_cond_batch(args["model"], [args["cond"]], args["input"], args["sigma"], opts)[0]
 
     def seg_post_cfg(args: dict) -> torch.Tensor:

@@ -91,7 +91,7 @@ class Recorder:
 
 def seg_between_recorders(base, settings, sigma_oracle=None):
     chosen = [l for l in layers_mod.attention_layers(base) if l.block == "middle"] \
-        if settings.layers == "middle" else None
+        if settings.layers in ("middle", "auto") else None  # auto is the mid block on UNets
     if chosen is None:
         chosen = conduit_pack.patches.engine.layer_select.select_layers(
             layers_mod.attention_layers(base), settings.layers, settings.custom_layers, "t")
@@ -301,7 +301,9 @@ def test_node_interface():
     spec = NODE.INPUT_TYPES()["required"]
     assert all("tooltip" in opts[1] for opts in spec.values())
     assert spec["scale"][1]["default"] == 3.0 and spec["blur_sigma"][1]["default"] == -1.0
-    assert spec["layers"][0] == ["middle", "output", "input", "all", "custom"]
+    # saved workflows hold the old choices, so they must all still be there; auto (the family default) is new
+    assert spec["layers"][0] == ["auto", "middle", "output", "input", "all", "double", "single", "custom"]
+    assert spec["layers"][1]["default"] == "auto"
     assert NODE.CATEGORY == "conduit/guidance" and NODE.RETURN_TYPES == ("MODEL",)
     assert node_mod.ConduitSmoothedEnergyGuidance.DISPLAY_NAME == "Conduit Smoothed Energy Guidance"
 

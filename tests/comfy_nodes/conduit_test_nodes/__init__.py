@@ -46,6 +46,24 @@ class ConduitTestTinyCheckpoint:
         return (b.model, b.clip, b.vae)
 
 
+DIT_TOPOLOGIES = ["flux", "sd3", "sd35l_keys"]
+
+
+class ConduitTestTinyDiT:
+    """A tiny seeded SD3 or Flux (ComfyUI's own classes) with a tiny text encoder and a 16-channel VAE."""
+    CATEGORY = "conduit/testing"
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"topology": (DIT_TOPOLOGIES,), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    def load(self, topology: str, seed: int):
+        b = importlib.import_module(f"{_pack().__name__}.toyworld.dit_build").build_dit_bundle(topology, seed)
+        return (b.model, b.clip, b.vae)
+
+
 class ConduitTestTinyControlNet:
     CATEGORY = "conduit/testing"
     RETURN_TYPES = ("CONTROL_NET",)
@@ -82,6 +100,7 @@ class ConduitTestSink:
 
 
 NODE_CLASS_MAPPINGS = {"ConduitTestTinyCheckpoint": ConduitTestTinyCheckpoint,
+                       "ConduitTestTinyDiT": ConduitTestTinyDiT,
                        "ConduitTestTinyControlNet": ConduitTestTinyControlNet,
                        "ConduitTestShortKeyPAG": ConduitTestShortKeyPAG,
                        "ConduitTestSink": ConduitTestSink}
