@@ -147,6 +147,42 @@ def swap_loaders(graph: dict, family: str = "sdxl", seed: int = 0) -> dict:
     return g
 
 
+# DiT graphs load the diffusion model, text encoders and VAE separately; the tiny DiT loader outputs all three.
+DIT_TEST_LOADER = "ConduitTestTinyDiT"
+DIT_MODEL_LOADERS = ("UNETLoader", "CheckpointLoaderSimple")
+DIT_CLIP_LOADERS = ("DualCLIPLoader", "TripleCLIPLoader", "CLIPLoader")
+
+
+def swap_dit_loaders(graph: dict, topology: str = "flux", seed: int = 0) -> dict:
+    """Replace a DiT graph's model, text-encoder and VAE loaders with the test-only tiny DiT loader, rewiring
+    each link to the matching output (MODEL 0, CLIP 1, VAE 2)."""
+    g = copy.deepcopy(graph)
+    model_ids = [nid for nid, n in g.items() if n["class_type"] in DIT_MODEL_LOADERS]
+    if not model_ids:
+        raise ValueError("the graph has no diffusion-model loader to swap")
+    tiny = model_ids[0]
+    remap: dict[tuple[str, int], tuple[str, int]] = {}
+    for nid, node in list(g.items()):
+        kind = node["class_type"]
+        if kind in DIT_MODEL_LOADERS:
+            slots = {0: 0, 1: 1, 2: 2} if kind == "CheckpointLoaderSimple" else {0: 0}
+        elif kind in DIT_CLIP_LOADERS:
+            slots = {0: 1}
+        elif kind == "VAELoader":
+            slots = {0: 2}
+        else:
+            continue
+        remap.update({(nid, a): (tiny, b) for a, b in slots.items()})
+        if nid != tiny:
+            del g[nid]
+    g[tiny] = {"class_type": DIT_TEST_LOADER, "inputs": {"topology": topology, "seed": seed}}
+    for node in g.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and (str(value[0]), value[1]) in remap:
+                node["inputs"][name] = list(remap[(str(value[0]), value[1])])
+    return g
+
+
 def use_demo_model(graph: dict) -> dict:
     """Replace checkpoint loaders with the pack's embedded demo toy model (MODEL, CLIP, VAE)."""
     g = copy.deepcopy(graph)

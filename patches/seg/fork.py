@@ -153,12 +153,70 @@ def _forked_forward(unet: torch.nn.Module, fork_module: torch.nn.Module, n: int,
             h.remove()
 
 
+def _widen_all(args: tuple, kwargs: dict, idx: torch.Tensor, n: int) -> tuple[tuple, dict]:
+    return tuple(_widen(a, idx, n) for a in args), {k: _widen(v, idx, n) for k, v in kwargs.items()}
+
+
+def _batch_rows(args: tuple, kwargs: dict) -> set[int]:
+    return {v.shape[0] for v in (*args, *kwargs.values()) if torch.is_tensor(v) and v.dim() > 0}
+
+
+@contextmanager
+def _forked_dit_forward(dit: torch.nn.Module, blocks: list[torch.nn.Module], final: torch.nn.Module | None, n: int,
+                        idx: torch.Tensor, cou: list, on_fork: Callable[[dict], None], sink: list, flag: ForkFlag):
+    """The DiT form: a transformer has no skip connections, so widening every per-row input (image and text
+    tokens, modulation vector, RoPE table) at the first blurred block and again at each later block (they get
+    the forward's unwidened locals) and at the final layer is all it takes. The output of the whole model is
+    cut back to n rows."""
+    n_new = int(idx.numel())
+    first = blocks[0]
+
+    def widened(args, kwargs):
+        args, kwargs = _widen_all(args, kwargs, idx, n)
+        options = kwargs.get("transformer_options")
+        if isinstance(options, dict) and list(options.get("cond_or_uncond") or []) == cou:
+            options = dict(options)  # each block may get its own copy of the options: widen the one it reads
+            on_fork(options)
+            kwargs["transformer_options"] = options
+        return args, kwargs
+
+    def pre(module, args, kwargs):
+        if module is first and not flag:
+            options = kwargs.get("transformer_options")
+            if not isinstance(options, dict) or list(options.get("cond_or_uncond") or []) != cou \
+                    or _batch_rows(args, kwargs) != {n}:
+                return None
+            flag.on = True
+            return widened(args, kwargs)
+        if not flag or n_new not in _batch_rows(args, kwargs):
+            return None
+        return widened(args, kwargs)
+
+    def strip(module, inputs, output):
+        if not flag or not torch.is_tensor(output) or output.shape[0] != n_new:
+            return None
+        sink.append(output[n:])
+        return output[:n]
+
+    handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in blocks]
+    if final is not None:
+        handles.append(final.register_forward_pre_hook(pre, with_kwargs=True))
+    handles.append(dit.register_forward_hook(strip))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class PrefixFork:
-    """Apply-model wrapper + stash for one SEG patch (one instance per patched model)."""
+    """Apply-model wrapper + stash for one SEG patch (one instance per patched model). On a DiT (dit=True)
+    make_replace gives a joint-attention Op (patches/engine/dit_attention.py) instead of an attn1 make."""
 
     def __init__(self, uid: str, fork_key: tuple[str, int], replace_keys: list[tuple],
                  make_replace: Callable[[int, int, ForkFlag], Callable],
-                 is_active: Callable[[Any, float], bool]) -> None:
+                 is_active: Callable[[Any, float], bool], dit: bool = False) -> None:
+        self.dit = dit
         self.replay_key = f"conduit_seg_replay_{uid}"
         self.skip_key = f"conduit_seg_skip_{uid}"
         self.fork_key = fork_key  # (block, id) of the SpatialTransformer where the batch widens
@@ -189,6 +247,8 @@ class PrefixFork:
             return None
         if any(k in opts.get("patches", {}) for k in UNSAFE_PATCHES):
             return None
+        if self.dit and any(call.c.get(k) is not None for k in ("control", "attention_mask")):
+            return None  # DiT ControlNet residuals and masks are added per row by the forward: not widened
         n = call.x.shape[0]
         if n % len(cou):
             return None
@@ -227,7 +287,7 @@ class PrefixFork:
         from ..engine.families import family_of_model
         from .guidance import NODE  # guidance imports this module, so its name is read at call time
 
-        return family_of_model(model, NODE).transformer(model.diffusion_model, *self.fork_key)
+        return family_of_model(model, NODE, ("unet", "dit")).transformer(model.diffusion_model, *self.fork_key)
 
     def _fork(self, call: ApplyCall, sigma: float, cou: list, slices: list[slice], fork_module) -> torch.Tensor:
         from ..engine.attention import chain_at
@@ -241,7 +301,12 @@ class PrefixFork:
         flag = ForkFlag()
         make = self.make_replace(n, n_new, flag)
         for key in self.replace_keys:
-            mo = options_with_replace(mo, chain_at(mo, "attn1", key, make), "attn1", key)
+            if self.dit:
+                from ..engine.dit_attention import options_with_block
+
+                mo = options_with_block(mo, key[:2], make)
+            else:
+                mo = options_with_replace(mo, chain_at(mo, "attn1", key, make), "attn1", key)
         opts = mo["transformer_options"]
         opts[FORKING_KEY] = True
         patches = dict(opts.get("patches", {}))
@@ -267,7 +332,7 @@ class PrefixFork:
         c = dict(call.c)
         c["transformer_options"] = opts
         sink: list = []
-        with _forked_forward(call.model.diffusion_model, fork_module, n, idx, cou, on_fork, sink, flag):
+        with self._forked(call.model, fork_module, n, idx, cou, on_fork, sink, flag):
             out = call.run(call.x, call.t, c)
         if len(sink) != 1:
             log.debug("SEG fork did not take place in this call (%d outputs); the separate pass will run",
@@ -276,6 +341,16 @@ class PrefixFork:
         denoised = call.model.model_sampling.calculate_denoised(call.t[src], sink[0].float(), call.x[src])
         self._stash(call, sigma, slices, denoised)
         return out
+
+    def _forked(self, model, fork_module, n, idx, cou, on_fork, sink, flag):
+        if not self.dit:
+            return _forked_forward(model.diffusion_model, fork_module, n, idx, cou, on_fork, sink, flag)
+        from ..engine.families import family_of_model
+        from .guidance import NODE
+
+        dit = model.diffusion_model
+        tail = family_of_model(model, NODE, ("dit",)).blocks_from(dit, self.fork_key)
+        return _forked_dit_forward(dit, tail, getattr(dit, "final_layer", None), n, idx, cou, on_fork, sink, flag)
 
     def _stash(self, call: ApplyCall, sigma: float, slices: list[slice], denoised: torch.Tensor) -> None:
         win = self.state.at(sigma)

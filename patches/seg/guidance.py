@@ -74,9 +74,10 @@ class _Window:
 
 def fork_block(layers: list[AttentionLayer]) -> tuple[str, int] | None:
     """(block, id) where the prefix-shared fork widens the batch: the first blurred layer's block, when it is
-    in the middle or output half (an input-half fork would also need the skip connections widened)."""
+    in the middle or output half of a UNet (an input-half fork would also need the skip connections widened),
+    or any block of a DiT (which has no skip connections)."""
     first = min(layers, key=lambda layer: layer.order)
-    return (first.block, first.block_id) if first.block in ("middle", "output") else None
+    return (first.block, first.block_id) if first.block in ("middle", "output") or first.is_dit else None
 
 
 KINDS = ("unet", "dit")
@@ -114,10 +115,11 @@ def apply_seg(model_patcher, settings: SegSettings, node: str = NODE):
         return scale != 0 and window.contains(model.model_sampling, s)
 
     fork = None
-    where = fork_block(layers) if settings.share_prefix and not dit else None
+    where = fork_block(layers) if settings.share_prefix else None
     if where is not None and scale != 0:
         uid = uuid.uuid4().hex[:12]
-        fork = PrefixFork(uid, where, keys, lambda n, n_new, flag: blurred_attention(sigma, n, n_new, flag), active)
+        twin_blur = dit_blur_op if dit else blurred_attention
+        fork = PrefixFork(uid, where, keys, lambda n, n_new, flag: twin_blur(sigma, n, n_new, flag), active, dit)
         install_apply_wrapper(m, f"conduit_seg_{uid}", fork)
         from ..engine.run_state import attach_run_reset
 

@@ -103,5 +103,8 @@ def test_ui_workflow_matches_api_workflow(path, object_info):
     ui_path = path.with_name(path.name.replace(".api.json", ".json"))
     assert ui_path.exists(), f"missing UI-format twin {ui_path.name}; run: python -m conduit ui {path.name}"
     api = workflow.strip_meta(json.loads(path.read_text()))
+    missing = sorted({n["class_type"] for n in api.values()} - set(object_info))
+    if missing:
+        pytest.skip(f"this ComfyUI has no {', '.join(missing)} (the pinned 2024 host predates SD3/Flux)")
     converted = workflow.strip_meta(workflow.api_from_ui(json.loads(ui_path.read_text()), object_info))
     assert converted == api
