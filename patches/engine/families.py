@@ -218,9 +218,9 @@ def family_of(model_patcher: Any, node: str, kinds: tuple[str, ...] = (UNET,)) -
 
 
 def _names(kinds: tuple[str, ...]) -> str:
-    names = [f.name for f in FAMILIES if f.kind in kinds]
-    names = [n for n in names if n.startswith("SD1")] + [n for n in names if not n.startswith("SD1")]
-    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+    """The families a node takes, oldest first as users list them: "SD1.x, SD2.x, SDXL"."""
+    names = [f.name for f in FAMILIES if f.kind == UNET and f.kind in kinds][::-1]
+    return ", ".join(names + [f.name for f in FAMILIES if f.kind == DIT and f.kind in kinds])
 
 
 def family_of_model(model: Any, node: str, kinds: tuple[str, ...] = (UNET,)) -> Family:
@@ -229,8 +229,9 @@ def family_of_model(model: Any, node: str, kinds: tuple[str, ...] = (UNET,)) -> 
         if family.recognises(model):
             if family.kind not in kinds:
                 raise ConduitError(node, f"{family.name} models are not supported by this node yet.",
-                                   f"use it with a supported model: {_names(kinds)}.")
+                                   f"use it with a model of a family it supports: {_names(kinds)}.")
             return family
     config = getattr(model, "model_config", None)
     name = type(config).__name__ if config is not None else type(model).__name__
-    raise ConduitError(node, f"model family {name} is not supported.", f"use a supported checkpoint: {_names(kinds)}.")
+    raise ConduitError(node, f"model family {name} is not supported.",
+                       f"use a checkpoint of a supported family: {_names(kinds)}.")

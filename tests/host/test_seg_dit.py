@@ -271,3 +271,12 @@ def test_unet_layer_names_on_a_dit_get_a_clear_error(flux):
         node.patch(flux, 3.0, -1.0, 0.0, 1.0, "custom", "d1.0", 0.0)
     assert math.isfinite(float(run(node.patch(flux, 3.0, -1.0, 0.0, 1.0, "custom", "D1, s0-1", 0.0)[0],
                                    "flux", steps=1).abs().max()))
+
+
+def test_a_node_not_built_for_dits_refuses_them_by_name(flux):
+    from conduit_pack.patches.engine.families import family_of
+
+    with pytest.raises(errors.ConduitError, match=r"\[Some UNet Node\] Flux models are not supported by this "
+                                                  r"node yet.*SD1\.x, SD2\.x, SDXL"):
+        family_of(flux, "Some UNet Node")
+    assert family_of(flux, "SEG", ("unet", "dit")).id == "flux"
