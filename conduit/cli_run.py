@@ -131,7 +131,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--model", default="embedded", choices=MODELS,
                      help="embedded (default: the pack's demo toy model, at its own 64x64 size and 12 steps "
                           "unless --set says otherwise), keep (the workflow's own loaders), "
-                          "or tiny-sdxl / tiny-sd15 (random-weight test models; local server only)")
+                          "or tiny-sdxl / tiny-sd15 / tiny-flux / tiny-sd3 (random-weight test models; local "
+                          "server only; SD3/Flux workflows need one of the last two, or keep)")
     run.add_argument("--timeout", type=_positive_seconds, default=600.0, metavar="SECONDS",
                      help="give up on a run after this long from submission, and take it off the server "
                           "(default 600)")

@@ -30,7 +30,7 @@ from .websocket import PromptTimeout
 
 log = logging.getLogger(__name__)
 
-MODELS = ("embedded", "keep", "tiny-sdxl", "tiny-sd15")
+MODELS = ("embedded", "keep", "tiny-sdxl", "tiny-sd15", "tiny-flux", "tiny-sd3")
 
 # The demo toy model's own size: it is trained on 64x64 images (toyworld/demo_model.py IMAGE_SIZE, 8x8 latents),
 # and a dozen steps are plenty for it. `--model embedded` and `make demo` both run at this size.
@@ -137,10 +137,19 @@ def prepare_graph(graph: dict, model: str, sets: list[Assignment] = (), object_i
     if model not in MODELS:
         raise UsageError(f"--model {model}: choose one of {', '.join(MODELS)}")
     g = copy.deepcopy(graph)
+    dit = workflow.is_dit_graph(g)
+    if model == "embedded" and dit:
+        raise UsageError("this is an SD3/Flux workflow, and the embedded demo model is SD1.5-shaped: run it with "
+                         "--model keep on a ComfyUI that has the workflow's model files, or with --model tiny-flux "
+                         "/ tiny-sd3 on a server with the test loaders")
     if model == "embedded":
         g = workflow.use_demo_model(g)
         if demo_size:
             native_size(g)
+    elif model in ("tiny-flux", "tiny-sd3"):
+        if not dit:
+            raise UsageError(f"--model {model} is for SD3/Flux workflows; this one is for UNets (use tiny-sdxl)")
+        g = workflow.swap_dit_loaders(g, model[len("tiny-"):])
     elif model.startswith("tiny-"):
         g = workflow.swap_loaders(g, model[len("tiny-"):])
     if sets:
@@ -159,7 +168,7 @@ def check_server_has(graph: dict, object_info: dict, server: str, model: str) ->
         raise UsageError(f"the server at {server} has no {workflow.DEMO_LOADER} (is Conduit installed there, and "
                          "did nodes/demo_model.py import? see its log); or add --model keep to use the "
                          "workflow's own loaders")
-    if model.startswith("tiny-") and set(missing) & set(workflow.TEST_LOADERS.values()):
+    if model.startswith("tiny-") and set(missing) & {*workflow.TEST_LOADERS.values(), workflow.DIT_TEST_LOADER}:
         raise UsageError(f"--model {model} needs the test-only loaders (tests/comfy_nodes), which the server at "
                          f"{server} does not have; drop --server to start a local one, or use --model embedded")
     raise UsageError(f"the server at {server} does not have the node class(es) {', '.join(missing)} that this "

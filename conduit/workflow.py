@@ -153,6 +153,14 @@ DIT_MODEL_LOADERS = ("UNETLoader", "CheckpointLoaderSimple")
 DIT_CLIP_LOADERS = ("DualCLIPLoader", "TripleCLIPLoader", "CLIPLoader")
 
 
+DIT_MARKERS = {"UNETLoader", "DualCLIPLoader", "TripleCLIPLoader", "EmptySD3LatentImage", "FluxGuidance"}
+
+
+def is_dit_graph(graph: dict) -> bool:
+    """An SD3/Flux workflow: it loads its parts separately or makes SD3/Flux latents."""
+    return any(n.get("class_type") in DIT_MARKERS for n in graph.values())
+
+
 def swap_dit_loaders(graph: dict, topology: str = "flux", seed: int = 0) -> dict:
     """Replace a DiT graph's model, text-encoder and VAE loaders with the test-only tiny DiT loader, rewiring
     each link to the matching output (MODEL 0, CLIP 1, VAE 2)."""

@@ -156,6 +156,14 @@ def test_demo_size_is_the_toy_models_training_size():
 
 @pytest.mark.parametrize("name", workflow.short_names())
 def test_embedded_runs_at_the_demo_size_and_few_steps(name):
+    if workflow.is_dit_graph(workflow.load_api(name)):
+        with pytest.raises(UsageError, match="SD3/Flux workflow.*SD1.5-shaped.*--model keep"):
+            jobs.prepare_graph(workflow.load_api(name), "embedded")
+        g = jobs.prepare_graph(workflow.load_api(name), "tiny-flux")
+        assert {n["class_type"] for n in g.values()} & set(workflow.DIT_MODEL_LOADERS) == set()
+        assert all(v != ["1", 0] or g["1"]["class_type"] == workflow.DIT_TEST_LOADER
+                   for n in g.values() for v in n["inputs"].values())
+        return
     g = jobs.prepare_graph(workflow.load_api(name), "embedded")
     for node in g.values():
         inputs = node["inputs"]
@@ -192,7 +200,7 @@ def test_demo_uses_the_same_size():
 def test_workflow_by_short_name_prefix_and_path(tmp_path, monkeypatch):
     seg = workflow.WORKFLOW_DIR / "seg_sdxl.api.json"
     assert workflow.resolve_workflow("seg_sdxl") == seg
-    assert workflow.resolve_workflow("seg") == seg
+    assert workflow.resolve_workflow("seg_s") == seg
     monkeypatch.chdir(tmp_path)  # paths relative to the repository work from anywhere
     for text in ("workflows/seg_sdxl.api.json", "workflows/seg_sdxl", str(seg), str(seg)[: -len(".api.json")]):
         assert workflow.resolve_workflow(text).resolve() == seg.resolve(), text
@@ -204,7 +212,8 @@ def test_workflow_by_short_name_prefix_and_path(tmp_path, monkeypatch):
 
 
 def test_workflow_mistakes(tmp_path):
-    with pytest.raises(UsageError, match="'s' is ambiguous: it could be seg_sdxl, sensitivity_analysis, sow_mllm"):
+    with pytest.raises(UsageError,
+                       match="'s' is ambiguous: it could be seg_flux, seg_sdxl, sensitivity_analysis, sow_mllm"):
         workflow.resolve_workflow("s")
     with pytest.raises(UsageError, match="no workflow named 'nope'; available: balanced_style_controlnet_sdxl"):
         workflow.resolve_workflow("nope")
@@ -373,13 +382,14 @@ NO_SERVER = ["--server", "http://127.0.0.1:9"]  # checks that need no server hap
     (["workflows/x.api.json"], "no workflow file workflows/x.api.json; give the path of an existing .api.json "
                                "file, or a short name (balanced_style_controlnet_sdxl, "),
     (["nope"], "no workflow named 'nope'; available: "),
-    (["s"], "workflow 's' is ambiguous: it could be seg_sdxl, sensitivity_analysis, sow_mllm; type one of them"),
-    (["seg", "--server", "ftp://x"], "ComfyUI speaks http:// or https://"),
-    (["seg", "--server", "gpu-a:abc"], "the port must be a number"),
-    (["seg", "--server", "127.0.0.1:9"], "ComfyUI at http://127.0.0.1:9 does not answer: it refuses the "
+    (["s"], "workflow 's' is ambiguous: it could be seg_flux, seg_sdxl, sensitivity_analysis, sow_mllm; "
+            "type one of them"),
+    (["seg_sdxl", "--server", "ftp://x"], "ComfyUI speaks http:// or https://"),
+    (["seg_sdxl", "--server", "gpu-a:abc"], "the port must be a number"),
+    (["seg_sdxl", "--server", "127.0.0.1:9"], "ComfyUI at http://127.0.0.1:9 does not answer: it refuses the "
                                          "connection (nothing listens on that port); start ComfyUI there"),
-    (["seg", "--model", "big"], "argument --model: invalid choice: 'big'"),
-    (["seg", "--timeout", "soon"], "argument --timeout: 'soon' is not a number of seconds"),
+    (["seg_sdxl", "--model", "big"], "argument --model: invalid choice: 'big'"),
+    (["seg_sdxl", "--timeout", "soon"], "argument --timeout: 'soon' is not a number of seconds"),
 ])
 def test_mistakes_are_one_line_and_exit_2(args, expected):
     line = one_line_error(run_cli("run", *args, *([] if "--server" in args else NO_SERVER)))
@@ -403,6 +413,6 @@ def test_seeds_for_a_workflow_without_seeds(tmp_path):
 def test_a_server_that_is_not_comfyui(stub):
     server, state = stub
     state["comfy"] = False
-    line = one_line_error(run_cli("run", "seg", "--server", f"127.0.0.1:{server.server_port}"))
+    line = one_line_error(run_cli("run", "seg_sdxl", "--server", f"127.0.0.1:{server.server_port}"))
     assert "answers HTTP 404 on /system_stats, so it is not a ComfyUI server" in line
 
