@@ -10,6 +10,7 @@ from __future__ import annotations
 import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
 from .harness import Row, time_pair
+from .meta_unet import flops
 
 TARGETS = {"> 1": 1.5, "= 1": 2.0}
 
@@ -30,7 +31,8 @@ def _flop_rows(ctx) -> list[Row]:
                 rows.append(Row("seg_dit", f"{name},cfg{label.replace(' ', '')},sigma=inf,auto,{case}",
                                 float(vanilla), float(patched), "meta device (FLOP count)", ctx.host,
                                 TARGETS[label] if case == "forked" else None,
-                                {"unit": "FLOPs", "model": label_model, "latent": "1024x1024", "note": note}))
+                                {"unit": "FLOPs", "model": label_model, "topology": name, "latent": "1024x1024",
+                                 "note": note}))
     return rows
 
 
@@ -56,8 +58,9 @@ def _wall_rows(ctx) -> list[Row]:
                                        seed=0, disable_pbar=True)
 
         b, p = time_pair(lambda: go(base), lambda: go(patched), ctx.device, ctx.repeats)
+        flop_ratio = round(flops(lambda: go(patched)) / flops(lambda: go(base)), 4)
         rows.append(ctx.row("seg_dit", f"tiny_{name},cfg={cfg:g},sigma=inf,auto", b, p, steps=ctx.steps,
-                            topology=f"tiny_{name}", latent="256x256"))
+                            topology=f"tiny_{name}", latent="256x256", flop_ratio=flop_ratio))
     return rows
 
 
