@@ -8,17 +8,16 @@ import os
 import torch
 
 from ..patches.conditional_balance.style import NODE as STYLE_NAME
-from ..patches.conditional_balance.style import StyleSettings, apply_balanced_style
+from ..patches.conditional_balance.style import KINDS, StyleSettings, apply_balanced_style
 from ..patches.conditional_balance.controlnet_gate import GateSettings, count_controls, gate_conditionings
 from ..patches.engine.errors import ConduitError
-from ..patches.engine.layers import model_family
 from ..patches.conditional_balance.reference import InvertedReference, NoisedReference
 from ..patches.engine.safe_files import MAX_LORA_BYTES
 from ..patches.conditional_balance.selective_lora import NODE as LORA_NAME
 from ..patches.conditional_balance.selective_lora import (MODES, apply_selective_lora, check_lora_name, load_lora_file,
                                                           static_style_layers)
 from ..patches.tables.table import (
-    SOCKET, SensitivityTable, check_lambda, resolve_table, table_for_family, validate_against,
+    SOCKET, SensitivityTable, check_lambda, resolve_table, shipped_table_for, validate_against,
 )
 from ._declare import conduit_node
 
@@ -29,13 +28,14 @@ GATE_NODE = "Conduit ControlNet Timestep Gate"
 LORA_NODE = LORA_NAME
 PAPER = "Conditional Balance (Cohen et al., CVPR 2025)"
 TABLE_TIP = ("Optional sensitivity table from the Conduit Sensitivity Analysis node. Default: the table shipped "
-             "for the model's family (SDXL: the official Conditional Balance style table).")
+             "for the model's family (SDXL: the official Conditional Balance style table; SD3.5 Large: the official "
+             "SD3.5 port's table of its 38 joint blocks). Flux and SD3/SD3.5 Medium have no published table: "
+             "connect one made by the Conduit Sensitivity Analysis node on that model.")
 
 
 def style_table(model, table: SensitivityTable | None, node: str) -> SensitivityTable:
-    chosen = resolve_table(table, node) if table is not None else table_for_family(
-        model_family(model, node), "style_qk", node)
-    validate_against(chosen, model, node)
+    chosen = resolve_table(table, node) if table is not None else shipped_table_for(model, node, KINDS)
+    validate_against(chosen, model, node, KINDS)
     return chosen
 
 

@@ -15,10 +15,12 @@ from typing import Any
 import torch
 
 from . import style_math
+from .dit_style import install_dit_style
 from .reference import install as install_reference
 from ..engine.attention import is_foreign, set_replace
 from ..engine.host import model_sampling as get_model_sampling
 from ..engine.errors import ConduitError
+from ..engine.families import family_of
 from ..engine.run_state import attach_run_reset
 from ..engine.schedule import in_window
 from ..engine.steps import sigma_to_percent
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 NODE = "Conduit Balanced Style"
 MARKER = "conduit_balanced_style"  # transformer_options key; present only in calls that carry reference rows
+KINDS = ("unet", "dit")  # SDXL-style UNets and the DiTs (SD3/SD3.5 joint blocks, Flux double and single blocks)
 
 
 @dataclass(frozen=True)
@@ -49,35 +52,52 @@ class StyleSettings:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """What each layer does in one UNet call."""
+    """What each layer does in one model call.
+
+    UNets (SDXL, official CB): AdaIN on q / k in the q / k sets, sharing in their union. DiTs (official SD3.5
+    port, `joint`): AdaIN on q / k / v in the q / k / v sets, sharing in the intersection of the q and k sets."""
     q_layers: frozenset
     k_layers: frozenset
     settings: StyleSettings
+    v_layers: frozenset = frozenset()
+    joint: bool = False
 
     def flags(self, key: tuple) -> tuple[bool, bool, bool]:
         in_q, in_k = key in self.q_layers, key in self.k_layers
         s = self.settings
         return in_q and s.adain_q, in_k and s.adain_k, (in_q or in_k) and s.share
 
+    def joint_flags(self, key: tuple) -> tuple[bool, bool, bool, bool]:
+        """(AdaIN q, AdaIN k, AdaIN v, share) of a DiT block, by the official SD3.5 rule."""
+        in_q, in_k = key in self.q_layers, key in self.k_layers
+        s = self.settings
+        return in_q and s.adain_q, in_k and s.adain_k, key in self.v_layers, in_q and in_k and s.share
+
     @property
     def empty(self) -> bool:
-        return not any(any(self.flags(k)) for k in self.q_layers | self.k_layers)
+        keys = self.q_layers | self.k_layers | self.v_layers
+        flags = self.joint_flags if self.joint else self.flags
+        return not any(any(flags(k)) for k in keys)
 
 
 @dataclass
 class LayerSelector:
-    """Top-N layers per table row, cached (rows are few, calls are many)."""
+    """Top-N layers per table row and feature (q, k; v too for DiTs), cached (rows are few, calls are many)."""
     table: SensitivityTable
     strength: float
-    _rows: dict[int, tuple[frozenset, frozenset]] = field(default_factory=dict)
+    features: tuple[str, ...] = ("q", "k")
+    _rows: dict[int, tuple[frozenset, ...]] = field(default_factory=dict)
 
-    def at(self, timestep: float) -> tuple[frozenset, frozenset]:
+    def at(self, timestep: float) -> tuple[frozenset, ...]:
         row = self.table.row_for(timestep)
         if row not in self._rows:
             t = self.table.timesteps[row]
-            self._rows[row] = (frozenset(self.table.top_layers("q", t, self.strength)),
-                               frozenset(self.table.top_layers("k", t, self.strength)))
+            self._rows[row] = tuple(frozenset(self.table.top_layers(f, t, self.strength)) for f in self.features)
         return self._rows[row]
+
+    def plan(self, timestep: float, settings: StyleSettings, joint: bool) -> StepPlan:
+        sets = self.at(timestep)
+        return StepPlan(sets[0], sets[1], settings, sets[2] if len(sets) > 2 else frozenset(), joint)
 
 
 def styled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict, inner: Any,
@@ -141,21 +161,24 @@ class Planner:
     """Decides per UNet call whether the reference joins the batch and which layers it styles."""
 
     def __init__(self, base_model: Any, model_sampling: Any, reference: Any, selector: LayerSelector,
-                 settings: StyleSettings) -> None:
+                 settings: StyleSettings, family: Any = None) -> None:
         self.base_model = base_model
         self.model_sampling = model_sampling
         self.reference = reference
         self.selector = selector
         self.settings = settings
+        self.family = family  # the model family: how its table rows are timed, and whether it is a DiT
 
     def plan_at(self, sigma: torch.Tensor) -> StepPlan | None:
         s = self.settings
         sig = torch.as_tensor(sigma).flatten()[:1]
         if not in_window(sigma_to_percent(self.model_sampling, float(sig)), s.start_percent, s.end_percent):
             return None
-        timestep = float(self.model_sampling.timestep(sig.cpu()).flatten()[0])
-        q_layers, k_layers = self.selector.at(timestep)
-        plan = StepPlan(q_layers, k_layers, s)
+        if self.family is None:
+            timestep = float(self.model_sampling.timestep(sig.cpu()).flatten()[0])
+        else:
+            timestep = float(torch.as_tensor(self.family.table_timestep(self.model_sampling, sig.cpu())).flatten()[0])
+        plan = self.selector.plan(timestep, s, joint=self.family is not None and self.family.kind == "dit")
         return None if plan.empty else plan
 
     def __call__(self, apply: Any, x: torch.Tensor, t: torch.Tensor, c: dict):
@@ -175,11 +198,16 @@ def apply_balanced_style(model_patcher: Any, table: SensitivityTable, reference:
     if m.model_options.get(MARKER):
         raise ConduitError(NODE, "this model already has Balanced Style applied; a second reference would be "
                            "added to the first one's batch.", "use one Conduit Balanced Style node per model.")
+    family = family_of(m, NODE, KINDS)
+    if family.kind == "dit":
+        install_dit_style(m, table, settings, MARKER)
+        selector = LayerSelector(table, settings.strength, ("q", "k", "v") if "v" in table.scores else ("q", "k"))
+    else:
+        selector = LayerSelector(table, settings.strength)
+        for key in table.layer_keys:
+            set_replace(m, "attn1", key, make_replace(key))
     m.model_options[MARKER] = True
-    selector = LayerSelector(table, settings.strength)
-    planner = Planner(m.model, get_model_sampling(m), reference, selector, settings)
-    for key in table.layer_keys:
-        set_replace(m, "attn1", key, make_replace(key))
+    planner = Planner(m.model, get_model_sampling(m), reference, selector, settings, family)
     install_reference(m, MARKER, planner)
     state = getattr(reference, "state", None)
     if state is not None:

@@ -104,6 +104,10 @@ class UNetFamily:
                     stride //= 2
         return layers
 
+    def table_timestep(self, model_sampling: Any, sigma: Any) -> Any:
+        """The timestep a sensitivity table row is stored under: the model's own discrete timestep (0..999)."""
+        return model_sampling.timestep(sigma)
+
     def diffusers_key(self, name: str) -> tuple:
         from ..tables.tables_math import diffusers_attn1_key
 
@@ -179,6 +183,20 @@ class DiTFamily:
     def text_tokens(self, dit: Any, context_len: int) -> int:
         """Text tokens at the front of each joint sequence: the encoded prompt plus any learned registers."""
         return int(context_len) + int(getattr(dit, "register_length", 0) or 0)
+
+    def table_timestep(self, model_sampling: Any, sigma: Any) -> Any:
+        """The timestep a sensitivity table row is stored under: sigma * 1000, the flow-matching timestep that
+        SD3's sampling and diffusers' SD3 pipeline use and the shipped SD3.5 table records (Flux's own
+        timestep is sigma itself, which would round every row to 0 or 1)."""
+        import torch
+
+        return torch.as_tensor(sigma) * 1000.0
+
+    def diffusers_name(self, key: tuple) -> str:
+        """The diffusers attention processor name of a block key, as the published tables list it: the
+        inverse of diffusers_key ("transformer_blocks.7.attn.processor", "single_transformer_blocks.3...")."""
+        stack = "single_transformer_blocks" if key[0] == "single_block" else "transformer_blocks"
+        return f"{stack}.{key[1]}.attn.processor"
 
     def diffusers_key(self, name: str) -> tuple:
         """diffusers' "transformer_blocks.7.attn" (SD3) / "single_transformer_blocks.3.attn" (Flux) -> key."""

@@ -264,30 +264,58 @@ def save_analysis_table(table: SensitivityTable, filename_prefix: str, node: str
             "subfolder": subfolder, "output_path": output_file, "table_path": table_file}
 
 
-def validate_against(table: SensitivityTable, model_patcher: Any, node: str = ANALYSIS_NODE) -> dict[LayerKey, int]:
+def validate_against(table: SensitivityTable, model_patcher: Any, node: str = ANALYSIS_NODE,
+                     kinds: tuple[str, ...] = ("unet",)) -> dict[LayerKey, int]:
     """Check the table was made for this model; returns {layer key: table column}.
 
     The family and the exact set of self-attention keys must match: a table for a different UNet
     (another family, or a pruned/tiny model with other layers) would select the wrong layers silently.
+    `kinds` are the model kinds the calling node handles ("unet", "dit"); a DiT family accepts the table ids
+    of its models (SD3 takes "sd35l" and "sd35m" tables, whose block counts differ: the key check tells them apart).
     """
-    from ..engine.families import FAMILY_NAMES
-    from ..engine.layers import attention_layers, model_family
+    from ..engine.families import FAMILY_NAMES, family_of
 
-    family = model_family(model_patcher, node)
+    family = family_of(model_patcher, node, kinds)
     fix = (f"use a table made for this model: run the {ANALYSIS_NODE} node on it and connect its "
            "SENSITIVITY_TABLE output, or pick the shipped table for its family.")
-    if table.family != family:
+    if not family.accepts_table(table.family):
         raise ConduitError(node, f"the sensitivity table is for model family {short_text(repr(table.family), 60)} "
-                           f"but the model is {FAMILY_NAMES.get(family, family)} ({family!r}).", fix)
-    model_keys = [layer.key for layer in attention_layers(model_patcher, node)]
+                           f"but the model is {FAMILY_NAMES.get(family.id, family.id)} ({family.id!r}).", fix)
+    model_keys = [layer.key for layer in family.attention_layers(model_patcher.model.diffusion_model)]
     model_set, table_set = set(model_keys), set(table.layer_keys)
     if model_set != table_set:
         missing = [key_short(k) for k in model_keys if k not in table_set]
         extra = [key_short(k) for k in table.layer_keys if k not in model_set]
-        detail = f"the table has {table.num_layers} layers, the model has {len(model_keys)} self-attention layers"
+        what = "attention blocks" if family.kind == "dit" else "self-attention layers"
+        detail = f"the table has {table.num_layers} layers, the model has {len(model_keys)} {what}"
         if missing:
             detail += f"; not in the table: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}"
         if extra:
             detail += f"; not in the model: {', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''}"
         raise ConduitError(node, f"the sensitivity table does not match this model's layers ({detail}).", fix)
     return {k: i for i, k in enumerate(table.layer_keys)}
+
+
+def shipped_table_for(model_patcher: Any, node: str, kinds: tuple[str, ...],
+                      kind: str = "style_qk") -> SensitivityTable:
+    """The shipped table a style node uses when none is connected.
+
+    UNets: the table of this kind for the family (SDXL). DiTs: the shipped table whose family the model's family
+    accepts and whose block keys are exactly the model's, with q, k and v scores (SD3.5 Large: sd35l_style_qkv).
+    Flux, SD3 Medium and SD3.5 Medium have no published table: the error says how to make one."""
+    from ..engine.families import family_of
+
+    family = family_of(model_patcher, node, kinds)
+    if family.kind != "dit":
+        return table_for_family(family.id, kind, node)
+    keys = {layer.key for layer in family.attention_layers(model_patcher.model.diffusion_model)}
+    for name in builtin_names():
+        table = builtin_table(name, node)
+        if family.accepts_table(table.family) and set(table.layer_keys) == keys and "v" in table.scores:
+            return table
+    raise ConduitError(
+        node, f"no shipped sensitivity table fits this {family.name} model ({len(keys)} attention blocks; the only "
+        "published DiT table is SD3.5 Large's, for its 38 joint blocks).",
+        f"make one: run the {ANALYSIS_NODE} node on this model with a few style groups (one per line, 2+ samples "
+        "each) and connect its SENSITIVITY_TABLE output to sensitivity_table, or load the table file it writes "
+        "with Conduit Load Sensitivity Table.")

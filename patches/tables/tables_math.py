@@ -23,8 +23,9 @@ TABLE_VERSION = 1
 DIMENSIONS = ("style", "structure")
 DIRECTIONS = ("lower_is_more_sensitive",)
 FEATURES = ("q", "k", "v")
-# UNet self-attention keys use ComfyUI's block names; SD3.5's joint blocks use its "double_block" patch name.
-BLOCK_NAMES = ("input", "middle", "output", "double_block")
+# UNet self-attention keys use ComfyUI's block names; DiT blocks use its "double_block" (SD3 joint, Flux double)
+# and "single_block" (Flux single) patch names.
+BLOCK_NAMES = ("input", "middle", "output", "double_block", "single_block")
 ANALYSIS_NODE = "Conduit Sensitivity Analysis"
 FIX_REGENERATE = (f"re-create the table with the {ANALYSIS_NODE} node (or `python -m conduit analyze`), "
                   "or pick one of the tables shipped in sensitivity_tables/.")
