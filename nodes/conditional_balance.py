@@ -51,7 +51,9 @@ class ConduitBalancedStyle:
                    "style at each step (Conditional Balance, lambda_S). The reference runs through the UNet next to "
                    "your images, noised to the current step; in the chosen layers the images take its query/key "
                    "statistics (AdaIN) and attend to its keys and values (StyleAligned). lambda_S = 0 leaves the "
-                   "model untouched; 1 is StyleAligned on every layer.")
+                   "model untouched; 1 is StyleAligned on every layer. On SD3/SD3.5 and Flux (DiTs) it follows the "
+                   "official SD3.5-Large port: AdaIN on the image tokens' q, k and v of each block's joint "
+                   "attention, and the reference's image tokens shared only in blocks in both the q and k sets.")
     CATEGORY = "conduit/conditional balance"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -62,15 +64,22 @@ class ConduitBalancedStyle:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "An SDXL model (or another family, with a table for it)."}),
+                "model": ("MODEL", {"tooltip": "An SDXL or SD3.5 Large model (shipped tables), or SD1.x/2.x, "
+                                             "SD3/SD3.5 Medium or Flux with a table made for it by the Conduit "
+                                             "Sensitivity Analysis node."}),
                 "style_strength": strength_input(0.43, "that receive the reference's style"),
                 "adain_queries": ("BOOLEAN", {"default": True, "tooltip": "AdaIN on the projected queries of the "
-                                              "q-selected layers. Default on (StyleAligned/CB default)."}),
+                                              "q-selected layers (DiTs: the image tokens' queries after the q "
+                                              "norm or RoPE). Default on (StyleAligned/CB default)."}),
                 "adain_keys": ("BOOLEAN", {"default": True, "tooltip": "AdaIN on the projected keys of the "
-                                           "k-selected layers. Default on (StyleAligned/CB default)."}),
+                                           "k-selected layers. Default on (StyleAligned/CB default). On DiTs the "
+                                           "values of the v-selected blocks get AdaIN too when the table has v "
+                                           "scores, as in the official SD3.5 port."}),
                 "share_attention": ("BOOLEAN", {"default": True, "tooltip": "Let the images attend to the "
-                                                "reference's keys and values in the selected layers (union of the q "
-                                                "and k sets). Default on (StyleAligned)."}),
+                                                "reference's keys and values in the selected layers (UNets: the union "
+                                                "of the q and k sets, official CB; DiTs: the reference's image "
+                                                "tokens, in blocks in both sets, official SD3.5 port). Default on "
+                                                "(StyleAligned)."}),
                 "reference_attention_scale": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
                     "tooltip": "Multiplies the reference keys the images attend to (StyleAligned "
@@ -79,7 +88,9 @@ class ConduitBalancedStyle:
                     "default": 0.0, "min": -5.0, "max": 5.0, "step": 0.01,
                     "tooltip": "Added to the attention logits of the reference tokens (StyleAligned "
                                "shared_score_shift); log 2 = 0.69 doubles the reference's attention mass, as the "
-                               "official real-image transfer does. Default 0."}),
+                               "official real-image transfer does. Default 0. UNets only: DiTs "
+                               "refuse a shift (their attention runs through other packs' overrides, which "
+                               "take no bias)."}),
                 "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                             "tooltip": "Sampling progress where injection starts. Default 0."}),
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -196,7 +207,9 @@ class ConduitSelectiveLoRA:
 
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The model to apply the LoRA to."}),
+                "model": ("MODEL", {"tooltip": "The model to apply the LoRA to: SDXL or SD3.5 Large (shipped "
+                                             "tables), or another UNet or DiT (SD3/SD3.5, Flux) with a table made "
+                                             "for it. On DiTs whole blocks are selected."}),
                 "lora_name": (folder_paths.get_filename_list("loras"), {
                     "tooltip": "A LoRA from models/loras, as a .safetensors (or .sft) file of at most "
                                f"{MAX_LORA_BYTES // 1024 ** 3} GiB. Pickle formats (.pt, .ckpt, .pth, .bin) are "

@@ -51,7 +51,9 @@ class ConduitSensitivityAnalysis(_TableNode):
 
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The SD1.x, SD2.x or SDXL model to analyse."}),
+                "model": ("MODEL", {"tooltip": "The SD1.x, SD2.x, SDXL, SD3/SD3.5 or Flux model to analyse. On "
+                                             "the DiTs every joint/single block's image-token q, k, v is recorded "
+                                             "(after SD3's q/k norms and Flux's RoPE)."}),
                 "clip": ("CLIP", {"tooltip": "Text encoder of the same checkpoint, to encode the prompts."}),
                 "groups": ("STRING", {
                     "multiline": True,
@@ -76,7 +78,8 @@ class ConduitSensitivityAnalysis(_TableNode):
                 "steps": ("INT", {"default": 20, "min": 1, "max": 200,
                                   "tooltip": "Sampling steps; the table gets one row per step. Paper: 50."}),
                 "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 30.0, "step": 0.1,
-                                  "tooltip": "Classifier-free guidance. Paper: 5.0. Cond and uncond statistics "
+                                  "tooltip": "Classifier-free guidance. Paper: 5.0 (SDXL); the SD3.5 port used "
+                                             "3.5; guidance-distilled Flux runs at 1.0. Cond and uncond statistics "
                                              "are both recorded (uncond is absent when cfg is 1)."}),
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {
                     "default": "euler", "tooltip": "Sampler; it must evaluate the model at every schedule step. "

@@ -1,7 +1,10 @@
 """Apply a LoRA only inside the transformer blocks of chosen self-attention layers (B-LoRA-style splitting).
 
 ComfyUI's own LoRA path does the loading (key map, every LoRA format it knows, alpha handling); the patches it
-produces are then kept only for weights inside the selected layers' BasicTransformerBlocks.
+produces are then kept only for weights inside the selected layers' BasicTransformerBlocks (UNets) or the
+selected DiT blocks (SD3's joint_blocks.<i>, Flux's double_blocks.<i> / single_blocks.<i>: every weight of the
+block, both streams' attention and MLP; ComfyUI maps diffusers, kohya and OneTrainer SD3/Flux LoRA keys onto
+those weights, fused qkv slices included).
 """
 from __future__ import annotations
 
@@ -52,11 +55,15 @@ def static_style_layers(table: SensitivityTable, strength: float) -> list[tuple]
     return [table.layer_keys[i] for i in sorted(chosen)]
 
 
+KINDS = ("unet", "dit")
+
+
 def layer_weight_prefixes(model_patcher: Any, keys: list[tuple]) -> list[str]:
-    """State-dict prefixes "diffusion_model.<blocks>.<id>.<pos>.transformer_blocks.<index>." of the layers."""
+    """State-dict prefixes of the layers: "diffusion_model.<blocks>.<id>.<pos>.transformer_blocks.<index>." on
+    UNets, "diffusion_model.<stack>.<id>." on DiTs."""
     from ..engine.families import family_of
 
-    family = family_of(model_patcher, NODE)
+    family = family_of(model_patcher, NODE, KINDS)
     return [family.weight_prefix(model_patcher.model.diffusion_model, key) for key in keys]
 
 

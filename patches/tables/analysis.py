@@ -1,8 +1,10 @@
 """Sensitivity analysis: sample groups of prompts/images while hooks record per-layer q/k/v token statistics,
 then grade every (timestep, layer, feature) and return a SensitivityTable.
 
-Hooks are attn1 replaces on every self-attention layer, chained to whatever is already installed, so
-the statistics are those of the post-projection q, k, v that attention really sees.
+Hooks are attn1 replaces on every self-attention layer of a UNet, and joint-attention ops on every block of a
+DiT (SD3's joint blocks, Flux's double and single blocks: the image tokens' q, k, v after SD3's q/k norms and
+Flux's RoPE, as the official SD3.5 port records them), chained to whatever is already installed, so the
+statistics are those of the q, k, v that attention really sees.
 """
 from __future__ import annotations
 
@@ -21,13 +23,16 @@ from .analysis_math import (
 )
 from ..engine.attention import set_replace
 from ..engine.batch import COND, UNCOND, chunk_slices
+from ..engine.dit_attention import JointCall, image_tokens, set_block_op
 from ..engine.errors import ConduitError
-from ..engine.layers import AttentionLayer, attention_layers, model_family
+from ..engine.families import family_of
+from ..engine.layers import AttentionLayer, attention_layers
 from .tables_math import SensitivityTable
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 TRANSFORMER_KEY = "conduit_analysis"  # transformer_options entry naming the image group being sampled
+KINDS_OF_MODEL = ("unet", "dit")  # UNets' attn1 layers, DiTs' attention blocks
 
 
 @dataclass
@@ -91,8 +96,21 @@ class StatsCollector:
     def install(self, model_patcher) -> Any:
         m = model_patcher.clone()
         for layer in self.layers:
-            set_replace(m, "attn1", layer.key, self._make(layer.key))
+            if layer.is_dit:
+                set_block_op(m, layer.key[:2], self._joint_op(layer.key), TRANSFORMER_KEY)
+            else:
+                set_replace(m, "attn1", layer.key, self._make(layer.key))
         return m
+
+    def _joint_op(self, key: tuple):
+        a, b = self.offsets[key]
+
+        def record_then_attend(call: JointCall) -> torch.Tensor:
+            if self.seen is not None:
+                self._record(image_tokens(call.q, call), image_tokens(call.k, call), image_tokens(call.v, call),
+                             call.options, a, b)
+            return call.attend(call.q, call.k, call.v)
+        return record_then_attend
 
     def begin(self, batch: int) -> None:
         self.batch = batch
@@ -150,13 +168,14 @@ def schedule_sigmas(model_patcher, steps: int, sampler: str, scheduler: str) -> 
     return ksampler_sigmas(model_patcher, steps, sampler, scheduler, 1.0, model_patcher.load_device)
 
 
-def model_timesteps(model_patcher, sigmas: torch.Tensor) -> list[int]:
-    """Model timestep (0..999 for discrete models) of every evaluated step."""
+def model_timesteps(model_patcher, sigmas: torch.Tensor, node: str = "Conduit") -> list[int]:
+    """Table timestep of every evaluated step: the model's own (0..999) for UNets, sigma * 1000 for DiTs."""
+    from ..engine.families import family_of
     from ..engine.host import model_sampling
 
-    ms = model_sampling(model_patcher)
-    t = ms.timestep(sigmas[:-1].to(torch.float32))
-    return [int(round(float(x))) for x in t.flatten()]
+    family = family_of(model_patcher, node, KINDS_OF_MODEL)
+    t = family.table_timestep(model_sampling(model_patcher), sigmas[:-1].to(torch.float32))
+    return [int(round(float(x))) for x in torch.as_tensor(t).flatten()]
 
 
 def check_items(items: Sequence[AnalysisItem], node: str) -> list[int]:
@@ -212,7 +231,7 @@ def collect(model_patcher, items: Sequence[AnalysisItem], settings: AnalysisSett
     from ..engine.host import options_with_transformer_keys
 
     labels = check_items(items, node)
-    layers = attention_layers(model_patcher, node)
+    layers = attention_layers(model_patcher, node, KINDS_OF_MODEL)
     sigmas = schedule_sigmas(model_patcher, settings.steps, settings.sampler, settings.scheduler)
     collector = StatsCollector(layers, sigmas)
     hooked = collector.install(model_patcher)
@@ -255,13 +274,13 @@ def collect(model_patcher, items: Sequence[AnalysisItem], settings: AnalysisSett
 def analyse(model_patcher, items: Sequence[AnalysisItem], settings: AnalysisSettings, node: str,
             progress: Progress | None = None, grade_device: torch.device | None = None) -> SensitivityTable:
     """Collect statistics for every item, grade them, and build the table."""
-    family = model_family(model_patcher, node)
+    family = family_of(model_patcher, node, KINDS_OF_MODEL)
     t0 = time.monotonic()
     store, collector, labels = collect(model_patcher, items, settings, node, progress)
     t1 = time.monotonic()
     try:
         scores = grade_store(store, labels, collector.channels, progress=_ticker(progress), device=grade_device)
-        timesteps = model_timesteps(model_patcher, collector.sigmas)
+        timesteps = model_timesteps(model_patcher, collector.sigmas, node)
         missing = [s for s in range(collector.steps) if math.isnan(float(scores["q"][s, 0]))]
     finally:
         store.close()
@@ -282,10 +301,10 @@ def analyse(model_patcher, items: Sequence[AnalysisItem], settings: AnalysisSett
         "collect_seconds": round(t1 - t0, 2), "grade_seconds": round(time.monotonic() - t1, 2),
         **settings.provenance,
     }
+    names = [family.diffusers_name(layer.key) if layer.is_dit else _ldm_name(layer) for layer in collector.layers]
     return SensitivityTable(
-        family=family, dimension=settings.dimension, layer_keys=[layer.key for layer in collector.layers],
-        timesteps=timesteps, scores=scores, source_names=[_ldm_name(layer) for layer in collector.layers],
-        provenance=provenance)
+        family=family.id, dimension=settings.dimension, layer_keys=[layer.key for layer in collector.layers],
+        timesteps=timesteps, scores=scores, source_names=names, provenance=provenance)
 
 
 def _ldm_name(layer: AttentionLayer) -> str:
