@@ -2,9 +2,11 @@
 
 Every block of the table gets an op (patches/engine/dit_attention.py: a chained block replace plus an
 optimized_attention_override, core hooks only). In a model call that carries reference rows (the marker set by
-reference.py's wrapper) the op reads the step's plan and, for its block, applies dit_style_math.styled_qkv to the
-block's q, k, v before the rest of the attention chain runs; in every other call, and in blocks the plan leaves
-out, it passes the call on untouched.
+reference.py's wrapper) the op reads the step's plan and, for its block, applies dit_style_math to the block's
+q, k, v before the rest of the attention chain runs; in every other call, and in blocks the plan leaves out, it
+passes the call on untouched. A shared block makes two attention calls down the chain: the reference rows with
+their own keys (so the reference stays unchanged, see dit_style_math), the targets with the reference's image
+tokens appended.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .dit_style_math import styled_qkv
+from .dit_style_math import join_rows, split_shared, styled_qkv
 from ..engine.dit_attention import JointCall, Op, set_block_op
 from ..engine.errors import ConduitError
 
@@ -27,9 +29,12 @@ def dit_style_op(key: tuple, marker: str) -> Op:
         adain_q, adain_k, adain_v, share = plan.joint_flags(key)
         if not (adain_q or adain_k or adain_v or share):
             return call.attend(call.q, call.k, call.v)
-        q, k, v = styled_qkv(call.q, call.k, call.v, call.image, call.options["cond_or_uncond"], adain_q, adain_k,
-                             adain_v, share, plan.settings.ref_scale)
-        return call.attend(q, k, v)
+        cou = call.options["cond_or_uncond"]
+        if not share:
+            return call.attend(*styled_qkv(call.q, call.k, call.v, call.image, cou, adain_q, adain_k, adain_v, False))
+        refs, targets = split_shared(call.q, call.k, call.v, call.image, cou, adain_q, adain_k, adain_v,
+                                     plan.settings.ref_scale)
+        return join_rows(call.attend(*refs), call.attend(*targets), len(cou))
 
     return op
 

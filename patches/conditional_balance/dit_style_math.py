@@ -16,6 +16,14 @@ What the official processor does in a block, and so what this does:
 
 Token order differs from diffusers' ([image, appended reference, text] there, [text, image, appended reference]
 here); keys and values are permuted alike, so attention is the same.
+
+One deliberate difference, `split_shared`: the port appends the reference's image tokens to the reference's own
+keys too (concat_first runs on the whole batch). In SDXL's self-attention that is a no-op (every key doubled),
+but in a joint attention only the image keys are doubled, so the reference gives its own image twice the weight
+against its text: the reference's features drift from what the model computes for that image. Conduit keeps the
+reference unchanged (plain attention for its rows, as in the SDXL Balanced Style), which also saves the
+reference rows' extra keys; the targets' attention is exactly the port's (rows of one attention call are
+independent). `styled_qkv` is the port's single call, kept to prove the equality.
 """
 from __future__ import annotations
 
@@ -61,3 +69,31 @@ def styled_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, image: slice, 
         k = torch.cat([k, reference_tokens(k, image, cond_or_uncond, ref_scale)], dim=2)
         v = torch.cat([v, reference_tokens(v, image, cond_or_uncond)], dim=2)
     return q, k, v
+
+
+def split_shared(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, image: slice, cond_or_uncond: Sequence[int],
+                 adain_q: bool, adain_k: bool, adain_v: bool, ref_scale: float = 1.0
+                 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """A shared block's two attention calls: ((q, k, v) of the reference rows, plain), ((q, k, v) of the target
+    rows, AdaIN'ed, with their chunk reference's image tokens appended to k and v). Rows in chunk order."""
+    if adain_q:
+        q = adain_image_tokens(q, image, cond_or_uncond)
+    if adain_k:
+        k = adain_image_tokens(k, image, cond_or_uncond)
+    if adain_v:
+        v = adain_image_tokens(v, image, cond_or_uncond)
+    (qr, qt), (kr, kt), (vr, vt) = (split_reference(x, cond_or_uncond) for x in (q, k, v))
+    m = qt.shape[1]
+
+    def appended(targets: torch.Tensor, refs: torch.Tensor, scale: float) -> torch.Tensor:
+        ref = refs[:, :, image].unsqueeze(1).expand(-1, m, -1, -1, -1)
+        return torch.cat([targets, ref * scale if scale != 1.0 else ref], dim=3)
+
+    kt, vt = appended(kt, kr, ref_scale), appended(vt, vr, 1.0)
+    flat = tuple(x.reshape(-1, *x.shape[2:]) for x in (qt, kt, vt))
+    return (qr, kr, vr), flat
+
+
+def join_rows(ref_out: torch.Tensor, target_out: torch.Tensor, chunks: int) -> torch.Tensor:
+    """The two calls' outputs (batch-first) back in batch order: each chunk's reference row, then its targets."""
+    return join_reference(ref_out, target_out.reshape(chunks, -1, *target_out.shape[1:]))

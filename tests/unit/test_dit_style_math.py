@@ -127,3 +127,33 @@ def test_rows_must_hold_a_reference_and_a_target():
     q = rand((2, 1, 4, 4), 1)
     with pytest.raises(ValueError):
         dsm.styled_qkv(q, q, q, slice(0, 4), [0, 1], True, True, False, True)
+
+
+def conduit_split(img, txt, cond_or_uncond, adain_q, adain_k, adain_v, scale=1.0):
+    """What the node runs in a shared block: two attention calls, joined back in batch order."""
+    t, n = txt[0].shape[2], img[0].shape[2]
+    q, k, v = (torch.cat([b, a], dim=2) for a, b in zip(img, txt))
+    refs, targets = dsm.split_shared(q, k, v, slice(t, t + n), cond_or_uncond, adain_q, adain_k, adain_v, scale)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    out = dsm.join_rows(sdpa(*refs), sdpa(*targets), len(cond_or_uncond))
+    return out[:, :, t:], out[:, :, :t]
+
+
+@pytest.mark.parametrize("cond_or_uncond,targets", [([1, 0], 1), ([0, 1], 2), ([0], 3), ([1, 0, 2], 2)])
+@pytest.mark.parametrize("adain_v", [True, False])
+def test_split_call_targets_equal_the_official_and_references_stay_plain(cond_or_uncond, targets, adain_v):
+    per = targets + 1
+    b, h, n, t, d = len(cond_or_uncond) * per, 2, 12, 5, 8
+    img = tuple(rand((b, h, n, d), s) for s in (1, 2, 3))
+    txt = tuple(rand((b, h, t, d), s) for s in (4, 5, 6))
+    refs = ref_rows(cond_or_uncond, per)
+    want_img, want_txt = official_processor(img, txt, refs, True, True, adain_v, 0.8)
+    got_img, got_txt = conduit_split(img, txt, cond_or_uncond, True, True, adain_v, 0.8)
+    is_target = torch.tensor([r != i for i, r in enumerate(refs)])
+    torch.testing.assert_close(got_img[is_target], want_img[is_target], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got_txt[is_target], want_txt[is_target], rtol=1e-10, atol=1e-10)
+    # the reference rows: plain joint attention of their own tokens (the port doubles their image keys)
+    q, k, v = (torch.cat([a, b], dim=2) for a, b in zip(img, txt))
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(got_img[~is_target], plain[~is_target, :, :n], rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(want_img[~is_target], plain[~is_target, :, :n], atol=1e-6)
