@@ -12,9 +12,7 @@ Needs a host with SD3 classes (COMFYUI_PATH at current ComfyUI).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,27 +24,13 @@ if REPO not in sys.path:  # never in front of an imported host: the pack's nodes
 from conduit.host import find_host, import_host  # noqa: E402
 
 MARKER = "conduit_balanced_style"
-TEXT_TOKENS = 333  # SD3.5: 77 CLIP tokens + 256 T5 tokens
 
 
-@contextlib.contextmanager
-def meta_dit_attention() -> Iterator[None]:
-    """MMDiT's attention as ComfyUI's plain PyTorch kernel (wrapped, so overrides still apply): it runs on meta."""
-    import comfy.ldm.modules.attention as cattn
-    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
-
-    saved = mmdit.optimized_attention
-    mmdit.optimized_attention = cattn.attention_pytorch
-    try:
-        yield
-    finally:
-        mmdit.optimized_attention = saved
-
-
-def ratios(side: int, batch: int, strength: float, rows: int) -> tuple[float, float, float]:
-    """(mean, worst, mean shared blocks) of the patched/vanilla FLOP ratio of one CFG step over table rows."""
+def counts(side: int, batch: int, strength: float, rows: int) -> tuple[int, list[int], float]:
+    """(vanilla FLOPs, Balanced Style FLOPs per counted table row, mean shared blocks) of one CFG step."""
     import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
+    from .dit_flops import TEXT_TOKENS, _inputs
     from .meta_unet import flops
     from conduit_pack.toyworld.dit_build import build_dit
 
@@ -67,14 +51,8 @@ def ratios(side: int, batch: int, strength: float, rows: int) -> tuple[float, fl
     def apply(x, t, c_crossattn=None, y=None, transformer_options=None, **_):
         return dit(x, t, context=c_crossattn, y=y, transformer_options=transformer_options)
 
-    def inputs(n: int, options: dict):
-        meta = {"device": "meta"}
-        return (torch.empty(n, 16, side, side, **meta), torch.empty(n, **meta),
-                {"c_crossattn": torch.empty(n, TEXT_TOKENS, 4096, **meta), "y": torch.empty(n, 2048, **meta),
-                 "transformer_options": options})
-
     cou = [0, 1]
-    x, ts, c = inputs(2 * batch, {"cond_or_uncond": cou})
+    x, ts, c = _inputs("sd35l_full", 2 * batch, side, cou)
     vanilla = flops(lambda: apply(x, ts, **c))
     ref = torch.empty(1, 16, side, side, device="meta")
     out, shared = [], []
@@ -83,12 +61,17 @@ def ratios(side: int, batch: int, strength: float, rows: int) -> tuple[float, fl
     for t in (table.timesteps[i] for i in picked):
         plan = selector.plan(t, settings, joint=True)
         shared.append(sum(plan.joint_flags(k)[3] for k in table.layer_keys))
-        options = {"cond_or_uncond": cou, "patches_replace": replace,
-                   da.LAYOUT_KEY: da.JointLayout(TEXT_TOKENS, grid)}
-        x, ts, c = inputs(2 * batch, options)
+        options = {"patches_replace": replace, da.LAYOUT_KEY: da.JointLayout(TEXT_TOKENS["sd35l_full"], grid)}
+        x, ts, c = _inputs("sd35l_full", 2 * batch, side, cou, options)
         styled = flops(lambda: rb.run_with_reference(apply, x, ts, c, lambda *a: (ref, plan), MARKER))
-        out.append(styled / vanilla)
-    return sum(out) / len(out), max(out), sum(shared) / len(shared)
+        out.append(styled)
+    return vanilla, out, sum(shared) / len(shared)
+
+
+def ratios(side: int, batch: int, strength: float, rows: int) -> tuple[float, float, float]:
+    """(mean, worst, mean shared blocks) of the patched/vanilla FLOP ratio over the counted table rows."""
+    vanilla, styled, shared = counts(side, batch, strength, rows)
+    return sum(styled) / len(styled) / vanilla, max(styled) / vanilla, shared
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rows} rows\n")
     print("| latent | lambda_S | batch | mean over table rows | worst row | shared blocks (mean) | target |\n"
           "|---|---|---|---|---|---|---|")
+    from .dit_flops import meta_dit_attention
+
     with meta_dit_attention():
         for side in args.latent:
             for strength in args.strength:

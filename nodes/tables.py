@@ -167,7 +167,7 @@ class ConduitLoadSensitivityTable(_TableNode):
                 "table": (names, {
                     "default": "sdxl_style_qk" if "sdxl_style_qk" in names else names[0],
                     "tooltip": "The table to load. Shipped: sdxl_style_qk (the paper's main SDXL table, q/k), "
-                               "sdxl_style_qkv (q/k/v), sd35l_style_qkv (SD3.5-Large, data only). Then every .json "
+                               "sdxl_style_qkv (q/k/v), sd35l_style_qkv (SD3.5-Large joint blocks). Then every .json "
                                "file in models/conduit_tables (e.g. sensitivity/table_00001_.json from the analysis "
                                f"node; at most {MAX_TABLE_BYTES // (1024 * 1024)} MiB). Default sdxl_style_qk."}),
             },

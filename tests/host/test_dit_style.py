@@ -110,7 +110,7 @@ class Spy:
     def __init__(self, monkeypatch):
         self.calls = []
         self.where = None
-        real_op, real_math = dit_style.dit_style_op, dit_style.styled_qkv
+        real_op, real_math, real_split = dit_style.dit_style_op, dit_style.styled_qkv, dit_style.split_shared
 
         def op_factory(key, marker):
             op = real_op(key, marker)
@@ -125,8 +125,14 @@ class Spy:
             self.calls.append((key, sigma, (aq, ak, av, share), chunks))
             return real_math(q, k, v, image, cou, aq, ak, av, share, scale)
 
+        def split(q, k, v, image, cou, aq, ak, av, scale=1.0):
+            key, sigma, chunks = self.where
+            self.calls.append((key, sigma, (aq, ak, av, True), chunks))
+            return real_split(q, k, v, image, cou, aq, ak, av, scale)
+
         monkeypatch.setattr(dit_style, "dit_style_op", op_factory)
         monkeypatch.setattr(dit_style, "styled_qkv", math)
+        monkeypatch.setattr(dit_style, "split_shared", split)
 
 
 @pytest.mark.parametrize("strength", [0.25, 0.5, 1.0])
