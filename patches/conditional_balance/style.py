@@ -5,6 +5,9 @@ to it, and takes the top int(lambda_S * L) layers by q score and by k score. Ada
 queries of the q-selected layers and on the projected keys of the k-selected layers; the reference's keys and
 values are shared (appended to every target's) in the union. This happens in chained attn1 replaces, on
 post-projection q/k/v as in the official handler. The reference rows come from reference.py.
+On DiTs (SD3/SD3.5 joint blocks, Flux double and single blocks) the same planner drives dit_style.py's ops,
+which follow the official SD3.5 port: AdaIN on the image tokens' q/k/v by the q/k/v sets, sharing in the
+intersection of the q and k sets, table rows timed by sigma * 1000.
 """
 from __future__ import annotations
 
