@@ -42,6 +42,12 @@ def adain_image_tokens(x: torch.Tensor, image: slice, cond_or_uncond: Sequence[i
     return torch.cat([x[:, :, :image.start], styled.to(x.dtype), x[:, :, image.stop:]], dim=2)
 
 
+def adain_features(qkv: tuple[torch.Tensor, ...], flags: tuple[bool, ...], image: slice,
+                   cond_or_uncond: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """q, k, v with AdaIN on the image tokens of those whose flag is set."""
+    return tuple(adain_image_tokens(x, image, cond_or_uncond) if on else x for x, on in zip(qkv, flags))
+
+
 def reference_tokens(x: torch.Tensor, image: slice, cond_or_uncond: Sequence[int],
                      target_scale: float = 1.0) -> torch.Tensor:
     """(batch, heads, image tokens, size): for every row, its chunk reference's image tokens (the targets' copy
@@ -59,12 +65,7 @@ def styled_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, image: slice, 
                adain_q: bool, adain_k: bool, adain_v: bool, share: bool,
                ref_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The q, k, v a selected block attends with; k and v gain the reference's image tokens when shared."""
-    if adain_q:
-        q = adain_image_tokens(q, image, cond_or_uncond)
-    if adain_k:
-        k = adain_image_tokens(k, image, cond_or_uncond)
-    if adain_v:
-        v = adain_image_tokens(v, image, cond_or_uncond)
+    q, k, v = adain_features((q, k, v), (adain_q, adain_k, adain_v), image, cond_or_uncond)
     if share:
         k = torch.cat([k, reference_tokens(k, image, cond_or_uncond, ref_scale)], dim=2)
         v = torch.cat([v, reference_tokens(v, image, cond_or_uncond)], dim=2)
@@ -76,12 +77,7 @@ def split_shared(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, image: slice
                  ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """A shared block's two attention calls: ((q, k, v) of the reference rows, plain), ((q, k, v) of the target
     rows, AdaIN'ed, with their chunk reference's image tokens appended to k and v). Rows in chunk order."""
-    if adain_q:
-        q = adain_image_tokens(q, image, cond_or_uncond)
-    if adain_k:
-        k = adain_image_tokens(k, image, cond_or_uncond)
-    if adain_v:
-        v = adain_image_tokens(v, image, cond_or_uncond)
+    q, k, v = adain_features((q, k, v), (adain_q, adain_k, adain_v), image, cond_or_uncond)
     (qr, qt), (kr, kt), (vr, vt) = (split_reference(x, cond_or_uncond) for x in (q, k, v))
     m = qt.shape[1]
 
