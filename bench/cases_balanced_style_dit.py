@@ -24,8 +24,8 @@ def _flop_rows(ctx) -> list[Row]:
             vanilla, styled, shared = counts(128, 1, strength, 5)
         rows.append(Row("balanced_style_dit", f"sd35l_full,batch1,lambda={strength:.3g}", float(vanilla),
                         sum(styled) / len(styled), "meta device (FLOP count)", ctx.host, TARGET,
-                        {"unit": "FLOPs", "model": "SD3.5 Large", "latent": "1024x1024", "batch": 1,
-                         "style_strength": round(strength, 4), "table": "sd35l_style_qkv",
+                        {"unit": "FLOPs", "model": "SD3.5 Large", "topology": "sd35l_full", "latent": "1024x1024",
+                         "batch": 1, "style_strength": round(strength, 4), "table": "sd35l_style_qkv",
                          "worst": round(max(styled) / vanilla, 4), "shared_blocks_mean": shared,
                          "note": "mean over 5 evenly spaced table rows"}))
     return rows

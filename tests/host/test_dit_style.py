@@ -323,3 +323,48 @@ def test_selective_lora_patches_only_the_table_blocks(sd3):
     assert any(w.startswith("diffusion_model.joint_blocks.1.") for w in patched_weights(m) | patched_weights(c))
     assert not sd3.patches
     assert not torch.allclose(run(m, steps=2), run(sd3, steps=2), atol=1e-4)
+
+
+def test_flux_user_path_analysis_node_then_balanced_style_node(tmp_path, monkeypatch):
+    """The nodes as a Flux user chains them: Conduit Sensitivity Analysis (CLIPTextEncode'd prompts, cfg 1, plus
+    image groups through the 16-channel VAE) writes a table; Balanced Style takes it from the node's output."""
+    import folder_paths
+
+    import conduit_pack.nodes as pack_nodes
+    from toyworld.dit_build import build_dit_bundle
+
+    nodes = pack_nodes.NODE_CLASS_MAPPINGS
+    bundle = build_dit_bundle("flux", 0)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "conduit_tables", ([str(tmp_path / "t")], {".json"}))
+    old = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path / "output"))
+    try:
+        out = nodes["ConduitSensitivityAnalysis"]().analyse(
+            bundle.model, bundle.clip, "oil painting\nwatercolor", "a rabbit", "", 2, 2, 1.0, "euler", "simple",
+            128, 96, 10, "style", "sens/flux", images=torch.rand(2, 64, 64, 3), vae=bundle.vae, images_per_group=2)
+    finally:
+        folder_paths.set_output_directory(old)
+    table, text = out["result"]
+    assert table.family == "flux" and len(table.timesteps) == 2 and out["ui"]["tables"][0]["filename"] in text
+    assert table.provenance["groups"] == [["oil painting"], ["watercolor"], ["image 1", "image 2"]]
+    (img,) = nodes["ConduitSensitivityHeatmap"]().draw(table, 0.5, "all")
+    assert img.shape[-1] == 3 and img.shape[1] > 50
+    styled = node_patch(bundle.model, 0.5, table)
+    vanilla = run(bundle.model, "flux", cfg=1.0)
+    assert not torch.allclose(run(styled, "flux", cfg=1.0), vanilla, atol=1e-4)
+
+
+def test_flop_count_is_the_reference_rows_plus_the_targets_shared_keys():
+    """bench.dit_style_flops on the full SD3.5-Large topology (meta device, a 16x16 latent): exactly twice the
+    vanilla rows' work, plus, in each shared block, the two target rows' attention to the reference's image tokens
+    (scaled_dot_product_attention counts 4 * rows * queries * keys * width)."""
+    from bench.dit_flops import TEXT_TOKENS, meta_dit_attention
+    from bench.dit_style_flops import counts
+
+    side, img = 16, 64
+    with meta_dit_attention():
+        vanilla, (styled,), shared = counts(side, 1, 0.43, 1)
+        off, (plain,), none = counts(side, 1, 0.0, 1)
+    assert none == 0 and plain == 2 * off == 2 * vanilla
+    queries = TEXT_TOKENS["sd35l_full"] + img
+    assert shared > 0 and styled == 2 * vanilla + int(shared) * 4 * 2 * queries * img * 2432
