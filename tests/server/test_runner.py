@@ -116,7 +116,7 @@ def test_cli_rejects_bad_sets_before_queueing_anything(comfy_server, tmp_path):
 
 def test_readme_example_runs_on_the_demo_model_at_its_own_size(comfy_server, tmp_path):
     """The README's command (with a local --server): --set on both KSamplers, two seeds, the demo model."""
-    proc = run_cli("seg", "--set", "6.cfg=4.0", "--set", "9.cfg=4.0", "--seeds", "0-1",
+    proc = run_cli("seg_sdxl", "--set", "6.cfg=4.0", "--set", "9.cfg=4.0", "--seeds", "0-1",
                    "--server", comfy_server.url.split("//")[1], "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = sorted(tmp_path.glob("*.png"))
