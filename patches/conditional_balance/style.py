@@ -188,6 +188,13 @@ class Planner:
         plan = self.plan_at(t)
         if plan is None:
             return None
+        if plan.joint and c.get("attention_mask") is not None:
+            # a DiT attention mask (e.g. Redux's attn_bias) is sized for the call's own keys; shared blocks add
+            # the reference's, so the masked attention would fail deep inside the model
+            raise ConduitError(NODE, "the conditioning carries an attention mask (e.g. from Apply Style Model with "
+                               "an attn_bias strength), which Balanced Style on DiTs cannot extend to the "
+                               "reference's shared tokens.", "use a strength type without a mask, or leave "
+                               "Balanced Style out of this graph.")
         ref_x = self.reference.at(self.base_model, self.model_sampling, t.flatten()[0], x, apply=apply, c=c)
         return ref_x, plan
 

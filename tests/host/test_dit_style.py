@@ -368,3 +368,18 @@ def test_flop_count_is_the_reference_rows_plus_the_targets_shared_keys():
     assert none == 0 and plain == 2 * off == 2 * vanilla
     queries = TEXT_TOKENS["sd35l_full"] + img
     assert shared > 0 and styled == 2 * vanilla + int(shared) * 4 * 2 * queries * img * 2432
+
+
+def test_a_dit_attention_mask_is_refused_clearly(flux):
+    """A conditioning attention mask (Redux attn_bias) is sized for the call's own keys: refused, not crashed."""
+    from conduit_pack.patches.engine.families import family_of
+
+    table = flux_analysis_table(flux)
+    settings = bs.StyleSettings(1.0)
+    planner = bs.Planner(flux.model, compat.model_sampling(flux), rb.NoisedReference(ref_latent(), 0),
+                         bs.LayerSelector(table, 1.0, ("q", "k", "v")), settings, family_of(flux, "t", bs.KINDS))
+    x, t, opts = torch.zeros(1, 16, *HW), torch.tensor([0.9]), {"cond_or_uncond": [0]}
+    with pytest.raises(errors.ConduitError, match="Conduit Balanced Style.*attention mask"):
+        planner(None, x, t, {"attention_mask": torch.zeros(1, 4, 4), "transformer_options": opts})
+    ref_x, plan = planner(None, x, t, {"transformer_options": opts})
+    assert ref_x.shape == (1, 16, *HW) and plan.joint
