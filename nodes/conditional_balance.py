@@ -158,7 +158,10 @@ class ConduitControlNetTimestepGate:
     DESCRIPTION = ("Gates the ControlNets applied to this conditioning by timestep (Conditional Balance, lambda_T): "
                    "at timesteps t < lambda_T x 1000 the ControlNet's down-block residuals are switched off and its "
                    "mid residual is kept, so structure is fixed early and style is free later. Put it after the "
-                   "Apply ControlNet node(s); every ControlNet applied before it is gated.")
+                   "Apply ControlNet node(s); every ControlNet applied before it is gated. Works for SD1.x, SD2.x "
+                   "and SDXL UNets and for SD3/SD3.5 and Flux DiTs: a DiT ControlNet has no mid residual, so on "
+                   "DiTs its whole output is switched off at gated steps (t is SD3's timestep, 1000 x sigma; on "
+                   "Flux the same noise level sigma < lambda_T).")
     CATEGORY = "conduit/conditional balance"
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
@@ -177,7 +180,8 @@ class ConduitControlNetTimestepGate:
                            f"examples use 0.8). From {PAPER}."}),
             "gate_mid": ("BOOLEAN", {"default": False, "tooltip": "Also switch off the mid residual at gated "
                                      "steps; the ControlNet is then not computed at all there (faster). The "
-                                     "official code keeps mid. Default off."}),
+                                     "official code keeps mid. Default off. DiTs have no mid residual: there "
+                                     "the whole ControlNet is off at gated steps either way."}),
             "invert": ("BOOLEAN", {"default": False, "tooltip": "Gate the noisy steps t >= lambda_T x 1000 instead "
                                    "of the late ones. Default off."}),
         }}

@@ -1,8 +1,16 @@
 """Conditional Balance lambda_T: gate the ControlNets attached to a conditioning by timestep.
 
-Official rule: at timesteps t < lambda_T * 1000 the ControlNet's down-block residuals are zeroed and its mid
-residual is kept. ComfyUI puts the down-block (skip connection) residuals of a ControlNet in the 'output' list
-and T2I-Adapter features in 'input'; both are gated, 'middle' is kept unless gate_mid is set.
+Official rule (UNets): at timesteps t < lambda_T * 1000 the ControlNet's down-block residuals are zeroed and its
+mid residual is kept. ComfyUI puts the down-block (skip connection) residuals of a ControlNet in the 'output'
+list and T2I-Adapter features in 'input'; both are gated, 'middle' is kept unless gate_mid is set.
+
+DiTs (SD3/SD3.5, Flux): a DiT ControlNet returns one residual per transformer block, added to the image tokens
+after that block ('output' after SD3's joint blocks; 'input' after Flux's double and 'output' after its single
+blocks, see the family's control_lists). There is no mid block: every residual carries the hint's spatial
+layout, so all of them are the structure residuals and a gated step runs without the ControlNet (it is not
+evaluated). The clock is the noise level (steps.noise_time): t < lambda_T * 1000 on SD3's own timesteps, the
+same sigma < lambda_T on Flux. Only ControlNet types whose layout the family lists are gated; any other one
+attached to a DiT stops the run with an error instead of being gated wrongly.
 
 The gate wraps the ControlNet object stored in each cond's "control" entry (the outermost of a chain built by
 the core Apply ControlNet nodes, so every ControlNet applied before the gate is gated). Everything the
@@ -17,7 +25,14 @@ from typing import Any
 
 import torch
 
+from ..engine.errors import ConduitError
+from ..engine.families import DIT, family_of_model
+from ..engine.steps import noise_time
+
 log = logging.getLogger(__name__)
+
+NODE = "Conduit ControlNet Timestep Gate"
+KINDS = ("unet", "dit")
 
 GATED_LISTS = ("input", "output")  # ComfyUI's names for the residuals CB zeroes; "middle" is the mid block
 
@@ -28,9 +43,10 @@ class GateSettings:
     gate_mid: bool = False
     invert: bool = False
 
-    def gated(self, timestep: float) -> bool:
-        """True when the down residuals are switched off at this model timestep (0..999)."""
-        low_noise = timestep < self.balance * 1000.0
+    def gated(self, timestep: float, full: float = 1000.0) -> bool:
+        """True when the down residuals are switched off at this model timestep (0..999 of full 1000; a flow
+        model's sigma of full 1)."""
+        low_noise = timestep < self.balance * full
         return low_noise != self.invert
 
     @property
@@ -55,12 +71,13 @@ def gate_residuals(control: dict | None, gate_mid: bool) -> dict | None:
 class GatedControl:
     """Stands in for a ComfyUI ControlNet (or a chain of them) in a cond's "control" entry."""
 
-    _OWN = ("inner", "settings", "model_sampling")
+    _OWN = ("inner", "settings", "model_sampling", "whole")
 
     def __init__(self, inner: Any, settings: GateSettings) -> None:
         object.__setattr__(self, "inner", inner)
         object.__setattr__(self, "settings", settings)
         object.__setattr__(self, "model_sampling", None)
+        object.__setattr__(self, "whole", False)  # a gated step drops the whole output (DiTs)
 
     def __getattr__(self, name: str) -> Any:
         if name in GatedControl._OWN or name.startswith("__"):
@@ -75,11 +92,16 @@ class GatedControl:
 
     # --- the sampler's ControlNet protocol ---------------------------------------------------------------------
     def pre_run(self, model: Any, percent_to_timestep_function: Any) -> None:
+        family = family_of_model(model, NODE, KINDS)
+        if family.kind == DIT:
+            check_dit_controlnets(self.inner, family)
+        self.whole = family.kind == DIT
         self.model_sampling = model.model_sampling
         self.inner.pre_run(model, percent_to_timestep_function)
 
     def cleanup(self) -> None:
         self.model_sampling = None
+        self.whole = False
         self.inner.cleanup()
 
     def get_models(self) -> list:
@@ -95,11 +117,12 @@ class GatedControl:
     def copy(self) -> "GatedControl":
         return GatedControl(self.inner.copy(), self.settings)
 
-    def timestep(self, sigma: torch.Tensor) -> float | None:
+    def timestep(self, sigma: torch.Tensor) -> tuple[float, float] | None:
+        """(model time, its full range) of this step, see steps.noise_time; None before pre_run."""
         ms = self.model_sampling or getattr(self.inner, "model_sampling_current", None)
         if ms is None:
             return None
-        return float(ms.timestep(torch.as_tensor(sigma).flatten()[:1]).flatten()[0])
+        return noise_time(ms, float(torch.as_tensor(sigma).flatten()[0]))
 
     def get_control(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int, *rest: Any):
         """Same signature as the wrapped ControlNet on either host (current hosts add transformer_options)."""
@@ -108,11 +131,35 @@ class GatedControl:
             log.warning("Conduit ControlNet Timestep Gate: no model sampling known (pre_run was not called); "
                         "the ControlNet runs ungated.")
             return self.inner.get_control(x_noisy, t, cond, batched_number, *rest)
-        if not self.settings.gated(timestep):
+        if not self.settings.gated(*timestep):
             return self.inner.get_control(x_noisy, t, cond, batched_number, *rest)
-        if self.settings.gate_mid:
+        if self.settings.gate_mid or self.whole:
             return None  # nothing of the ControlNet survives this step: skip computing it
         return gate_residuals(self.inner.get_control(x_noisy, t, cond, batched_number, *rest), False)
+
+
+def chain(control: Any) -> list:
+    """A ControlNet and every one applied before it (previous_controlnet links), outermost first."""
+    out, seen = [], set()
+    while control is not None and id(control) not in seen:
+        seen.add(id(control))
+        out.append(control)
+        control = getattr(control, "previous_controlnet", None)
+    return out
+
+
+def check_dit_controlnets(control: Any, family: Any) -> None:
+    """Every ControlNet of the chain must be a type whose residual layout the DiT family knows."""
+    for c in chain(control):
+        inner = getattr(c, "control_model", None)
+        if inner is None or not family.fits_controlnet(inner):
+            what = type(c).__name__ + ("" if inner is None else f" ({type(inner).__name__})")
+            raise ConduitError(
+                NODE, f"the {what} applied before the gate has no known residual layout on a {family.name} "
+                      "model, so it can't be gated by timestep.",
+                f"gate only {family.name} ControlNets loaded with the core ControlNet loader (SD3/SD3.5: the "
+                "SD3 and SD3.5 ControlNets; Flux: XLabs, Mistoline and InstantX/Union), or apply this one after "
+                "the gate.")
 
 
 def gate_conditionings(conditionings: list[list], settings: GateSettings) -> list[list]:

@@ -128,9 +128,17 @@ class DiTFamily:
     seg_default: str = ""  # SEG's "auto" layers (docs/seg.md says why); missing blocks fall back to the middle
     kind: str = DIT
     table_families: tuple[str, ...] = ()
+    # ControlNet models whose residual layout is known (module path, class name), and that layout: which list
+    # of the control dict is added to the image tokens after which block stack (comfy's DiT forward loops)
+    controlnets: tuple[str, ...] = ()
+    control_lists: tuple[tuple[str, str], ...] = ()
 
     def accepts_table(self, table_family: str) -> bool:
         return table_family == self.id or table_family in self.table_families
+
+    def fits_controlnet(self, control_model: Any) -> bool:
+        """Whether a ControlNet's control model is one of the types whose residuals this family adds."""
+        return _is_any(control_model, self.controlnets)
 
     def recognises(self, model: Any) -> bool:
         import importlib
@@ -208,15 +216,33 @@ class DiTFamily:
         return ("single_block" if m.group(1) else "double_block", int(m.group(2)), 0)
 
 
+def _is_any(obj: Any, class_paths: tuple[str, ...]) -> bool:
+    import importlib
+
+    for path in class_paths:
+        module, name = path.rsplit(".", 1)
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(obj, cls):
+            return True
+    return False
+
+
 # Checked in this order: a subclass's family comes before its base's.
 FAMILIES: tuple[UNetFamily | DiTFamily, ...] = (
     UNetFamily("sdxl", "SDXL", "SDXL"),
     UNetFamily("sd2", "SD2.x", "SD20"),
     UNetFamily("sd15", "SD1.x", "SD15"),
     DiTFamily("sd3", "SD3/SD3.5", "SD3", "comfy.ldm.modules.diffusionmodules.mmdit.MMDiT",
-              (("double_block", "joint_blocks"),), seg_default="d7-9", table_families=("sd35l", "sd35m")),
+              (("double_block", "joint_blocks"),), seg_default="d7-9", table_families=("sd35l", "sd35m"),
+              controlnets=("comfy.cldm.mmdit.ControlNet", "comfy.cldm.dit_embedder.ControlNetEmbedder"),
+              control_lists=(("output", "double_block"),)),
     DiTFamily("flux", "Flux", "Flux", "comfy.ldm.flux.model.Flux",
-              (("double_block", "double_blocks"), ("single_block", "single_blocks")), seg_default="s0"),
+              (("double_block", "double_blocks"), ("single_block", "single_blocks")), seg_default="s0",
+              controlnets=("comfy.ldm.flux.controlnet.ControlNetFlux",),
+              control_lists=(("input", "double_block"), ("output", "single_block"))),
 )
 FAMILY_NAMES = {f.id: f.name for f in FAMILIES}
 FAMILY_NAMES.update({"sd35l": "SD3.5 Large", "sd35m": "SD3.5 Medium"})  # table ids of SD3 models
@@ -229,10 +255,10 @@ def family_by_id(family_id: str) -> Family | None:
     return next((f for f in FAMILIES if f.id == family_id), None)
 
 
-def family_of(model_patcher: Any, node: str, kinds: tuple[str, ...] = (UNET,)) -> Family:
+def family_of(model_patcher: Any, node: str, kinds: tuple[str, ...] = (UNET,), missing: str = "") -> Family:
     """The family of a ModelPatcher (only `.model` is read); a ConduitError naming the node for anything
-    unsupported, or of a kind (UNet, DiT) the node does not handle."""
-    return family_of_model(model_patcher.model, node, kinds)
+    unsupported, or of a kind (UNet, DiT) the node does not handle (`missing` then says what that kind lacks)."""
+    return family_of_model(model_patcher.model, node, kinds, missing)
 
 
 def _names(kinds: tuple[str, ...]) -> str:
@@ -241,12 +267,13 @@ def _names(kinds: tuple[str, ...]) -> str:
     return ", ".join(names + [f.name for f in FAMILIES if f.kind == DIT and f.kind in kinds])
 
 
-def family_of_model(model: Any, node: str, kinds: tuple[str, ...] = (UNET,)) -> Family:
+def family_of_model(model: Any, node: str, kinds: tuple[str, ...] = (UNET,), missing: str = "") -> Family:
     """The same for a comfy BaseModel (what samplers and apply-model wrappers see)."""
     for family in FAMILIES:
         if family.recognises(model):
             if family.kind not in kinds:
-                raise ConduitError(node, f"{family.name} models are not supported by this node yet.",
+                why = f" {missing}" if missing else ""
+                raise ConduitError(node, f"{family.name} models are not supported by this node yet.{why}",
                                    f"use it with a model of a family it supports: {_names(kinds)}.")
             return family
     config = getattr(model, "model_config", None)

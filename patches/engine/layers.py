@@ -42,12 +42,12 @@ class AttentionLayer:
         return h, w
 
 
-def model_family(model_patcher, node: str, kinds: tuple[str, ...] = ("unet",)) -> str:
+def model_family(model_patcher, node: str, kinds: tuple[str, ...] = ("unet",), missing: str = "") -> str:
     """'sd15' | 'sd2' | 'sdxl' (UNets), 'sd3' | 'flux' (DiTs, where the node accepts `kinds` "dit"); a
-    ConduitError naming the node for anything else."""
+    ConduitError naming the node (and, with `missing`, what a refused kind of model lacks) for anything else."""
     from .families import family_of
 
-    return family_of(model_patcher, node, kinds).id
+    return family_of(model_patcher, node, kinds, missing).id
 
 
 def attention_layers(model_patcher, node: str = "Conduit", kinds: tuple[str, ...] = ("unet",)) -> list[AttentionLayer]:

@@ -39,3 +39,23 @@ def step_context(options: dict, model_sampling, sigma: float | None = None) -> S
 
 def percent_to_sigma(model_sampling, percent: float) -> float:
     return float(model_sampling.percent_to_sigma(percent))
+
+
+def is_flow(model_sampling) -> bool:
+    """Flow-matching (CONST) sampling, x = (1 - sigma) * x0 + sigma * noise: SD3/SD3.5, Flux, AuraFlow..."""
+    import comfy.model_sampling as ms
+
+    const = getattr(ms, "CONST", None)
+    return const is not None and isinstance(model_sampling, const)
+
+
+def noise_time(model_sampling, sigma: float) -> tuple[float, float]:
+    """(time, full range) of a noise level, the clock timestep rules such as t < lambda * 1000 read.
+
+    Discrete models: their timestep t in 0..999 and 1000. Flow models: sigma itself and 1, because sigma is
+    their time (SD3 feeds the network t = 1000 sigma, Flux t = sigma), so the rule means the same noise level
+    on both and is t < lambda * 1000 verbatim on SD3."""
+    if is_flow(model_sampling):
+        return float(sigma), 1.0
+    t = model_sampling.timestep(torch.as_tensor(sigma, dtype=torch.float32).flatten()[:1])
+    return float(t.flatten()[0]), 1000.0
