@@ -24,6 +24,7 @@ INVERT_NODE = "Conduit COW Invert"
 BOX_NODE = "Conduit Box"
 MODES = ["crop alone", "in place"]
 RENOISE = ["exact", "reference-compatible"]
+KINDS = ("unet", "dit")  # DiTs: SD3/SD3.5 and Flux, flow-matching latents (cow_math says how the steps carry over)
 
 
 def _single(tensor: torch.Tensor | None, what: str, node: str) -> torch.Tensor | None:
@@ -118,7 +119,9 @@ class ConduitCOWSeedCanvas:
 class ConduitCOWInvert:
     DESCRIPTION = ("Deterministic DDIM inversion in sigma space on the model's own schedule: walks the "
                    "condition latent from sigma 0 up the given SIGMAS and records every intermediate latent "
-                   "that the cyclic sampler pastes back. Official: CFG 7.5 with the sampling prompt.")
+                   "that the cyclic sampler pastes back. Official: CFG 7.5 with the sampling prompt. Takes SD1.x, "
+                   "SD2.x and SDXL UNets and SD3/SD3.5 and Flux DiTs (on those, the reversed Euler step of the "
+                   "flow ODE, which is DDIM inversion for flow latents).")
     CATEGORY = "conduit/cow"
     RETURN_TYPES = ("COW_INVERSION", "LATENT")
     RETURN_NAMES = ("inversion", "inverted")
@@ -129,8 +132,8 @@ class ConduitCOWInvert:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "SD1.x, SD2.x (epsilon or v-prediction) or SDXL model; the same one "
-                                           "the sampler uses."}),
+            "model": ("MODEL", {"tooltip": "SD1.x, SD2.x (epsilon or v-prediction) or SDXL UNet, or an SD3/SD3.5 "
+                                           "or Flux DiT (flow matching); the same one the sampler uses."}),
             "positive": ("CONDITIONING", {"tooltip": "Prompt used during inversion (official: the sampling prompt)."}),
             "negative": ("CONDITIONING", {"tooltip": "Negative used during inversion (official: empty prompt)."}),
             "sigmas": ("SIGMAS", {"tooltip": "The sampling schedule; feed the same SIGMAS to SamplerCustom. "
@@ -140,7 +143,8 @@ class ConduitCOWInvert:
                              "tooltip": "crop alone: invert the crop as its own image (official); in place: invert "
                                         "the whole seed canvas, which also serves as the background seed."}),
             "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1,
-                              "tooltip": "CFG scale during inversion. Official 7.5; 1.0 inverts most faithfully."}),
+                              "tooltip": "CFG scale during inversion. Official 7.5; 1.0 inverts most faithfully. "
+                                         "Flux (guidance-distilled): use 1.0 and FluxGuidance on the prompt."}),
             "invert_to": ("FLOAT", {"default": 0.7, "min": 0.05, "max": 1.0, "step": 0.05,
                                     "tooltip": "How far to invert, as the reference's step fraction counted from "
                                                "the clean end; must be at least the sampler's cycle_start. "
@@ -152,7 +156,7 @@ class ConduitCOWInvert:
 
     def invert(self, model, positive, negative, sigmas, seed, mode, cfg, invert_to, crop_latent=None,
                canvas_latent=None):
-        model_family(model, INVERT_NODE)
+        model_family(model, INVERT_NODE, KINDS)
         sig = [float(s) for s in sigmas.flatten().cpu()]
         n = len(sig) - 1
         if n < 1 or sig[-1] != 0.0 or any(a <= b for a, b in zip(sig[:-1], sig[1:])):
@@ -185,7 +189,8 @@ class ConduitCOWCycleSampler:
                    "the seed canvas inverted to the cycle end, then repeatedly renoises to the cycle start and "
                    "denoises back, pasting the inverted condition inside its region after every step so "
                    "information only flows out of it; a final pass pastes it once more at the preservation step. "
-                   "Use add_noise off and the VAE-encoded seed canvas as latent.")
+                   "Use add_noise off and the VAE-encoded seed canvas as latent. Runs on the model COW Invert "
+                   "used: SD1.x, SD2.x, SDXL, or SD3/SD3.5 and Flux (flow-matching steps).")
     CATEGORY = "conduit/cow"
     RETURN_TYPES = ("SAMPLER",)
     RETURN_NAMES = ("sampler",)
@@ -214,9 +219,10 @@ class ConduitCOWCycleSampler:
                                                   "more after this step of the final pass (official 0.4 = step 4). "
                                                   "Lower keeps the condition more exact; negative turns it off."}),
             "renoise": (RENOISE, {"default": "exact",
-                                  "tooltip": "exact: add sqrt(s_top^2 - s_end^2) noise (sigma space). "
+                                  "tooltip": "exact: add sqrt(s_top^2 - s_end^2) noise (sigma space; on SD3/Flux "
+                                             "the exact flow form, signal x(1-s_top)/(1-s_end)). "
                                              "reference-compatible: the official off-by-one formula (signal x0.89, "
-                                             "noise 2.10 instead of 1.97 at the defaults)."}),
+                                             "noise 2.10 instead of 1.97 at the defaults); UNets only."}),
             "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                              "tooltip": "Seed of the renoise and eta noise. Official 42."}),
         }, "optional": {
@@ -234,7 +240,7 @@ class ConduitCOWCycleSampler:
         if inversion.reached > plan.top:
             raise ConduitError(SAMPLER_NODE, f"cycle_start {cycle_start:g} is above what COW Invert recorded.",
                                "raise invert_to on COW Invert to at least cycle_start.")
-        cm.renoise_coefficients(inversion.sigmas, plan.bottom, plan.top, renoise, SAMPLER_NODE)
+        cm.renoise_coefficients(inversion.sigmas, plan.bottom, plan.top, renoise, SAMPLER_NODE, inversion.flow)
         return (cow_sampler(spec),)
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..patches.gradsam import gradsam_math as gm
 from ..patches.engine.errors import ConduitError
 from ..patches.engine.host import ksampler_sigmas
-from ..patches.gradsam.gradient_pass import LAYER_MODES, THRESHOLD_MODES, MaskSettings
+from ..patches.gradsam.gradient_pass import DIT_MISSING, LAYER_MODES, THRESHOLD_MODES, MaskSettings
 from ..patches.gradsam.sampler import GradSamRun, probe_mask
 from ..patches.gradsam.tokens import prompt_tokens, subject_tokens
 from ..patches.engine.layers import model_family
@@ -150,7 +150,8 @@ class ConduitGradSAMSampler:
     DESCRIPTION = ("Abs-Grad-SAM background preservation as a SAMPLER for SamplerCustom / SamplerCustomAdvanced. "
                    "At the chosen steps it scores where the subject words matter (cross-attention x gradient, "
                    "one backward pass) and replaces everything else by the reference latent noised to that "
-                   "step. Feed the masks to 'Conduit Grad-SAM Masks' for a preview.")
+                   "step. Feed the masks to 'Conduit Grad-SAM Masks' for a preview. SD1.x, SD2.x and SDXL only: "
+                   "SD3/SD3.5 and Flux have no cross-attention and are refused with an error.")
     CATEGORY = "conduit/gradsam"
     RETURN_TYPES = ("SAMPLER",)
     RETURN_NAMES = ("sampler",)
@@ -206,7 +207,8 @@ class ConduitGradSAMMasks:
 class ConduitGradSAMKSampler:
     DESCRIPTION = ("All-in-one Abs-Grad-SAM sampling (works without SamplerCustom): samples like KSampler, and at "
                    "the chosen steps keeps only what the subject words attend to, replacing the rest by the "
-                   "noised reference latent. Outputs the latent and the subject mask of every manipulated step.")
+                   "noised reference latent. Outputs the latent and the subject mask of every manipulated step. "
+                   "SD1.x, SD2.x and SDXL only (SD3/SD3.5 and Flux have no cross-attention).")
     CATEGORY = "conduit/gradsam"
     RETURN_TYPES = ("LATENT", "MASK")
     RETURN_NAMES = ("latent", "masks")
@@ -243,7 +245,7 @@ class ConduitGradSAMKSampler:
                sampler_name, scheduler, denoise, step_percents, reference_seed, **mask):
         from comfy_extras.nodes_custom_sampler import SamplerCustom
 
-        model_family(model, KSAMPLER_NODE)
+        model_family(model, KSAMPLER_NODE, missing=DIT_MISSING)
         if denoise == 0:  # KSampler's schedule divides by denoise: answer as a zero-step run would
             log.warning("%s: denoise is 0, so no step runs and the latent is returned unchanged; set denoise "
                         "above 0.", KSAMPLER_NODE)
@@ -260,7 +262,8 @@ class ConduitGradSAMKSampler:
 @conduit_node(MASK_NODE)
 class ConduitGradSAMMask:
     DESCRIPTION = ("Inspect Abs-Grad-SAM at one step: noises the latent to the step's level, runs one gradient "
-                   "pass and returns the subject mask and the importance map (nothing is sampled).")
+                   "pass and returns the subject mask and the importance map (nothing is sampled). SD1.x, SD2.x "
+                   "and SDXL only (SD3/SD3.5 and Flux have no cross-attention).")
     CATEGORY = "conduit/gradsam"
     RETURN_TYPES = ("MASK", "MASK")
     RETURN_NAMES = ("mask", "importance")
@@ -290,7 +293,7 @@ class ConduitGradSAMMask:
 
         from ..patches.engine.host import model_sampling
 
-        model_family(model, MASK_NODE)
+        model_family(model, MASK_NODE, missing=DIT_MISSING)
         settings = build_settings(clip, prompt, subject, MASK_NODE, **mask)
         found: list = []
         sigma = float(model_sampling(model).percent_to_sigma(float(step_percent)))

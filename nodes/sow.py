@@ -11,6 +11,10 @@ from ..patches.sow.modulation import SowConfig, apply_sow
 from ._declare import conduit_node
 
 NODE = "Conduit SOW Attention"
+# What a DiT lacks for this node, said in the refusal (the family seam names the model family)
+DIT_MISSING = ("SOW's modulation biases UNet self-attention among image tokens only; on this model image and "
+               "text tokens share one joint attention, and Conduit has no SOW modulation for joint attention yet "
+               "(COW without SOW runs on it).")
 
 
 @conduit_node(NODE)
@@ -19,7 +23,9 @@ class ConduitSOWAttention:
                    "region to the rest (keeps it pure) and enhances attention from the condition-related region "
                    "to the condition (lets it absorb the condition), with time and distance decay and an "
                    "indicator that backs off when the related region already attends to the condition. Under the "
-                   "COW sampler it acts inside cycles. Conduit's own design: the paper's equations are lost.")
+                   "COW sampler it acts inside cycles. Conduit's own design: the paper's equations are lost. "
+                   "SD1.x, SD2.x and SDXL only: on SD3/SD3.5 and Flux it stops with an error (COW itself runs "
+                   "there).")
     CATEGORY = "conduit/cow"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -71,7 +77,7 @@ class ConduitSOWAttention:
 
     def patch(self, model, seed, suppress, enhance, time_decay, time_cutoff, distance_tau, threshold, near_fraction,
               gate, apply_to, phases, layers, related_box=None):
-        model_family(model, NODE)
+        model_family(model, NODE, missing=DIT_MISSING)
         if related_box is not None and (related_box["w"] <= 0 or related_box["h"] <= 0):
             raise ConduitError(NODE, f"related_box {related_box} is empty.", "give it a positive width and height.")
         params = sm.SowParams(suppress, enhance, time_decay, time_cutoff, distance_tau, threshold, near_fraction, gate)

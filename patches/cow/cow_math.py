@@ -3,7 +3,10 @@
 Conventions: images are [H, W, C] floats in 0..1 (ComfyUI IMAGE without the batch axis), masks [H, W] with
 1 = keep (the visual condition). Schedules are ComfyUI sigma lists, descending, ending at 0; a "level" is an
 index into that list, so level N (sigma 0) is the clean latent and level 0 the noisiest one. Latents are in
-the variance-exploding form ComfyUI samplers use (x = x0 + sigma * eps) for epsilon and v-prediction alike.
+the form ComfyUI samplers use: variance-exploding (x = x0 + sigma * eps) for epsilon and v-prediction alike,
+or, with `flow=True`, flow matching (CONST sampling: SD3/SD3.5, Flux): x = (1 - sigma) * x0 + sigma * eps,
+with sigma in [0, 1]. Both are x = alpha(sigma) * x0 + sigma * eps, alpha = 1 (VE) or 1 - sigma (flow), and
+every step below is written for that general form; the VE code paths are kept literally as they were.
 """
 from __future__ import annotations
 
@@ -224,23 +227,42 @@ def alpha_bar(sigma: float) -> float:
     return 1.0 / (1.0 + float(sigma) ** 2)
 
 
-def ancestral_sigmas(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+def signal(sigma: float, flow: bool = False) -> float:
+    """alpha(sigma), the clean latent's factor in x = alpha * x0 + sigma * eps: 1 (VE) or 1 - sigma (flow)."""
+    return 1.0 - float(sigma) if flow else 1.0
+
+
+def ancestral_sigmas(sigma: float, sigma_next: float, eta: float, flow: bool = False) -> tuple[float, float]:
     """(sigma_down, sigma_up) of a DDIM step with this eta, written in sigma space.
 
     DDIM's sigma_t(eta) divided by sqrt(alpha_bar_prev) is eta * s * sqrt(sigma^2 - s^2) / sigma, the same
     split as k-diffusion's ancestral step, so DDIM(eta) is Euler-ancestral(eta) step for step.
+    For x = alpha x0 + sigma eps in general (flow), DDIM's noise is eta times the posterior std of
+    q(x_next | x, x0): up = eta * (s / sigma) * sqrt(sigma^2 - (alpha / alpha_next)^2 s^2), s = sigma_next;
+    with alpha = 1 this is the VE formula above.
     """
     if sigma_next <= 0 or eta <= 0:
         return float(sigma_next), 0.0
-    up = min(sigma_next, eta * sigma_next * math.sqrt(max(sigma ** 2 - sigma_next ** 2, 0.0)) / sigma)
+    if not flow:
+        up = min(sigma_next, eta * sigma_next * math.sqrt(max(sigma ** 2 - sigma_next ** 2, 0.0)) / sigma)
+        return math.sqrt(max(sigma_next ** 2 - up ** 2, 0.0)), up
+    ratio = signal(sigma, True) / signal(sigma_next, True)
+    posterior = max(sigma ** 2 - (ratio * sigma_next) ** 2, 0.0)
+    up = min(sigma_next, eta * sigma_next * math.sqrt(posterior) / sigma)
     return math.sqrt(max(sigma_next ** 2 - up ** 2, 0.0)), up
 
 
 def ddim_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float, eta: float,
-              noise: torch.Tensor | None) -> torch.Tensor:
-    """One DDIM(eta) step from sigma to sigma_next given the model's denoised prediction."""
-    down, up = ancestral_sigmas(sigma, sigma_next, eta)
-    out = denoised + (x - denoised) * (down / sigma)
+              noise: torch.Tensor | None, flow: bool = False) -> torch.Tensor:
+    """One DDIM(eta) step from sigma to sigma_next given the model's denoised prediction:
+    x_next = alpha_next x0 + sigma_down eps + sigma_up noise, eps = (x - alpha x0) / sigma. At eta 0 this is
+    ComfyUI's Euler step in both forms (DDIM and Euler coincide for VE and for flow latents)."""
+    down, up = ancestral_sigmas(sigma, sigma_next, eta, flow)
+    if flow:
+        eps = (x - denoised * signal(sigma, True)) / sigma
+        out = denoised * signal(sigma_next, True) + eps * down
+    else:
+        out = denoised + (x - denoised) * (down / sigma)
     if up > 0:
         if noise is None:
             raise ValueError("a stochastic step needs noise")
@@ -248,19 +270,26 @@ def ddim_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next:
     return out
 
 
-def inversion_input_scale(sigma_from: float, sigma_to: float) -> float:
+def inversion_input_scale(sigma_from: float, sigma_to: float, flow: bool = False) -> float:
     """Factor for the latent fed to the model at sigma_to during inversion.
 
     DDIM inversion evaluates the network at the target timestep on the current latent. In DDPM scaling the
     network sees x_from * sqrt(alpha_bar_from); ComfyUI scales its input by sqrt(alpha_bar_to), so the VE
-    latent is rescaled to keep the network input identical to the reference's.
+    latent is rescaled to keep the network input identical to the reference's. A flow model's input is the
+    latent itself (CONST sampling does not scale it), so the current latent goes in unchanged.
     """
+    if flow:
+        return 1.0
     return math.sqrt((1.0 + sigma_to ** 2) / (1.0 + sigma_from ** 2))
 
 
 def inversion_step(x: torch.Tensor, model_input: torch.Tensor, denoised: torch.Tensor, sigma_from: float,
                    sigma_to: float) -> torch.Tensor:
-    """x at sigma_from -> sigma_to along the predicted noise eps = (input - denoised) / sigma_to."""
+    """x at sigma_from -> sigma_to along the model's direction d = (input - denoised) / sigma_to.
+
+    VE: d is the predicted noise eps (DDIM inversion). Flow: d is the predicted velocity v = eps - x0
+    (CONST denoised = input - sigma v), and this is the reversed Euler step of the flow ODE dx/dsigma = v,
+    which is what DDIM inversion is for flow latents."""
     eps = (model_input - denoised) / sigma_to
     return x + eps * (sigma_to - sigma_from)
 
@@ -283,11 +312,23 @@ def renoise_reference(sigma_from: float, sigma_to: float, ref_from: float, ref_t
     return (a * math.sqrt(alpha_bar(sigma_from) / alpha_bar(sigma_to)), b / math.sqrt(alpha_bar(sigma_to)))
 
 
-def renoise_coefficients(sigmas: list[float], bottom: int, top: int, mode: str, node: str) -> tuple[float, float]:
+def renoise_exact_flow(sigma_from: float, sigma_to: float) -> tuple[float, float]:
+    """(signal factor, noise std) taking a flow latent (1 - s) x0 + s eps from sigma_from up to sigma_to
+    exactly: scale by a = (1 - sigma_to) / (1 - sigma_from), then add noise of std sqrt(sigma_to^2 - a^2 s^2)."""
+    a = (1.0 - sigma_to) / (1.0 - sigma_from)
+    return a, math.sqrt(max(sigma_to ** 2 - (a * sigma_from) ** 2, 0.0))
+
+
+def renoise_coefficients(sigmas: list[float], bottom: int, top: int, mode: str, node: str,
+                         flow: bool = False) -> tuple[float, float]:
     if mode == "exact":
-        return renoise_exact(sigmas[bottom], sigmas[top])
+        return renoise_exact_flow(sigmas[bottom], sigmas[top]) if flow else renoise_exact(sigmas[bottom], sigmas[top])
     if mode != "reference-compatible":
         raise ValueError(f"unknown renoise mode {mode!r}")
+    if flow:
+        raise ConduitError(node, "reference-compatible renoise reproduces the official code's DDPM (alpha-bar) "
+                                 "formula, which has no counterpart on a flow-matching model (SD3/SD3.5, Flux).",
+                           "use renoise 'exact', which renoises flow latents exactly.")
     if top < 1:
         raise ConduitError(node, "reference-compatible renoise reads the level one step above the cycle start, "
                                  "and the cycle already starts at the first step.",

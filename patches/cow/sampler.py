@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from . import cow_math as cm
-from ..engine.host import (calc_cond_batch, cfg_location, convert_cond, guider_parts, options_with_transformer_keys,
-                           processed_conds, scheduler_sigmas)
+from ..engine.host import (calc_cond_batch, cfg_location, convert_cond, guider_parts, model_sampling,
+                           options_with_transformer_keys, processed_conds, scheduler_sigmas)
 from ..engine.errors import ConduitError
 from ..engine.phases import PHASE_KEY
+from ..engine.steps import is_flow
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class CowInversion:
     mode: str  # "crop alone" | "in place"
     cfg: float
     reached: int  # noisiest level recorded
+    flow: bool = False  # latents of a flow-matching model, x = (1 - sigma) x0 + sigma eps (else VE)
 
     @property
     def steps(self) -> int:
@@ -78,11 +80,11 @@ def counting_clone(model_patcher) -> tuple[Any, list[int]]:
 # -------------------------------------------------------------------------------------------- inversion
 
 def invert_path(denoise: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor,
-                sigmas_up: list[float]) -> list[torch.Tensor]:
+                sigmas_up: list[float], flow: bool = False) -> list[torch.Tensor]:
     """Deterministic DDIM inversion along ascending sigmas; returns the latent at every sigma (first = x)."""
     out = [x]
     for a, b in zip(sigmas_up[:-1], sigmas_up[1:]):
-        model_input = x * cm.inversion_input_scale(a, b)
+        model_input = x * cm.inversion_input_scale(a, b, flow)
         x = cm.inversion_step(x, model_input, denoise(model_input, b), a, b)
         out.append(x)
     return out
@@ -100,7 +102,7 @@ def _denoiser(model, extra_args: dict, phase: str | None = None) -> Callable[[to
 
 
 @torch.no_grad()
-def sample_invert(model, x, sigmas, extra_args=None, callback=None, disable=None, record=None):
+def sample_invert(model, x, sigmas, extra_args=None, callback=None, disable=None, record=None, flow=False):
     """KSAMPLER function: sigmas ascend from 0; every intermediate latent is appended to `record`.
     It reports no progress to ComfyUI, so it checks /interrupt itself before every model call."""
     import comfy.model_management as mm
@@ -111,27 +113,28 @@ def sample_invert(model, x, sigmas, extra_args=None, callback=None, disable=None
         mm.throw_exception_if_processing_interrupted()
         return denoise(x_, sigma)
 
-    path = invert_path(checked, x, [float(s) for s in sigmas])
+    path = invert_path(checked, x, [float(s) for s in sigmas], flow)
     if record is not None:
         record.extend(t.detach().clone() for t in path)
     return path[-1]
 
 
-def inversion_sampler(record: list):
+def inversion_sampler(record: list, flow: bool = False):
     import comfy.samplers
 
-    return comfy.samplers.KSAMPLER(sample_invert, extra_options={"record": record})
+    return comfy.samplers.KSAMPLER(sample_invert, extra_options={"record": record, "flow": flow})
 
 
 def run_inversion(model, positive, negative, sigmas: list[float], samples: torch.Tensor, cfg: float,
-                  reached: int) -> list[torch.Tensor]:
-    """Inversion through ComfyUI's own sampling path (model loading, conds, patches); latents in model scale."""
+                  reached: int, flow: bool = False) -> list[torch.Tensor]:
+    """Inversion through ComfyUI's own sampling path (model loading, conds, patches); latents in model scale.
+    (ComfyUI's closing inverse_noise_scaling of the returned latent is not used: the record is.)"""
     import comfy.sample
 
     n = len(sigmas) - 1
     up = torch.tensor(sigmas[::-1][: n - reached + 1], dtype=torch.float32)
     record: list = []
-    comfy.sample.sample_custom(model, torch.zeros_like(samples), cfg, inversion_sampler(record), up, positive,
+    comfy.sample.sample_custom(model, torch.zeros_like(samples), cfg, inversion_sampler(record, flow), up, positive,
                                negative, samples, disable_pbar=True, seed=0)
     return record
 
@@ -142,11 +145,13 @@ def invert_condition(model, positive, negative, sigmas: list[float], samples: to
     n = len(sigmas) - 1
     hw = tuple(seed.canvas_latent_mask.shape)
     levels = {}
-    path = run_inversion(model, positive, negative, sigmas, samples, cfg, reached)
+    flow = is_flow(model_sampling(model))
+    path = run_inversion(model, positive, negative, sigmas, samples, cfg, reached, flow)
     for j, lat in enumerate(path):
         lat = lat.float().cpu()
         levels[n - j] = cm.paste_latent(lat, seed.box, hw) if mode == "crop alone" else lat
-    inv = CowInversion(list(sigmas), levels, seed.canvas_latent_mask.clone().float(), mode, float(cfg), reached)
+    inv = CowInversion(list(sigmas), levels, seed.canvas_latent_mask.clone().float(), mode, float(cfg), reached,
+                       flow)
     return inv, model.model.process_latent_out(path[-1].float().cpu())
 
 
@@ -203,6 +208,21 @@ def _check_inversion(spec: CowSpec, sigmas: list[float], plan: cm.CyclePlan, x: 
             "sample the VAE-encoded seed canvas (the same canvas the seed node made).")
 
 
+def _check_latent_form(spec: CowSpec, model, extra_args: dict) -> None:
+    """The inversion's latents must be in the sampling model's form (VE or flow): mixing them is wrong."""
+    if getattr(getattr(model, "inner_model", None), "inner_model", None) is None:
+        return  # not ComfyUI's sampler wrapper (a bare denoiser function): nothing to compare with
+    sampling = getattr(guider_parts(model, extra_args).base, "model_sampling", None)
+    if sampling is None:
+        return
+    flow = is_flow(sampling)
+    if flow != spec.inversion.flow:
+        names = {True: "a flow-matching model (SD3/SD3.5, Flux)", False: "a UNet (SD1.x, SD2.x, SDXL)"}
+        raise ConduitError(spec.node, f"the inversion was made with {names[spec.inversion.flow]} but the sampler "
+                                      f"runs {names[flow]}; their latents differ.",
+                           "invert with the same model the sampler uses.")
+
+
 def _background(spec: CowSpec, model, x: torch.Tensor, extra_args: dict, sigmas: list[float],
                 plan: cm.CyclePlan) -> torch.Tensor:
     """The canvas inverted to the cycle's end level; reuses the in-place inversion when it is this canvas."""
@@ -213,7 +233,7 @@ def _background(spec: CowSpec, model, x: torch.Tensor, extra_args: dict, sigmas:
     if inv.mode == "in place" and start.shape == latent.shape and torch.allclose(start, latent, atol=1e-4):
         return inv.levels[plan.bottom].to(x)
     up = [sigmas[k] for k in range(plan.steps, plan.bottom - 1, -1)]
-    return invert_path(denoise_with_cfg(model, extra_args, inv.cfg, "invert"), latent, up)[-1]
+    return invert_path(denoise_with_cfg(model, extra_args, inv.cfg, "invert"), latent, up, inv.flow)[-1]
 
 
 def _masked_denoiser(spec: CowSpec, model, x: torch.Tensor, extra_args: dict, latent: torch.Tensor | None):
@@ -249,7 +269,9 @@ def sample_cow(model, x, sigmas, extra_args=None, callback=None, disable=None, c
     sig = [float(s) for s in sigmas]
     plan = cm.cycle_plan(len(sig) - 1, spec.cycle_start, spec.cycle_end, spec.preservation, spec.cycles, spec.node)
     _check_inversion(spec, sig, plan, x)
-    renoise = cm.renoise_coefficients(sig, plan.bottom, plan.top, spec.renoise, spec.node)
+    _check_latent_form(spec, model, extra_args)
+    flow = spec.inversion.flow
+    renoise = cm.renoise_coefficients(sig, plan.bottom, plan.top, spec.renoise, spec.node, flow)
     if extra_args.get("denoise_mask") is not None:
         log.warning("Conduit COW: the latent noise mask is ignored; the seed canvas masks define the region")
     gen = torch.Generator().manual_seed(int(spec.seed))
@@ -281,8 +303,8 @@ def sample_cow(model, x, sigmas, extra_args=None, callback=None, disable=None, c
             else:
                 denoised = model(x, x.new_full((x.shape[0],), s), **{**extra_args, "model_options": options})
             eta = spec.eta_cycle if op.phase == "cycle" else spec.eta_final
-            up = cm.ancestral_sigmas(s, s_next, eta)[1]
-            x = cm.ddim_step(x, denoised, s, s_next, eta, noise_like(x) if up > 0 else None)
+            up = cm.ancestral_sigmas(s, s_next, eta, flow)[1]
+            x = cm.ddim_step(x, denoised, s, s_next, eta, noise_like(x) if up > 0 else None, flow)
             done += 1
             if callback is not None:
                 i = min(plan.steps - 1, (done * plan.steps) // max(total, 1) - 1)

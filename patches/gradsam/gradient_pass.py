@@ -52,6 +52,12 @@ class PassResult:
     layers: list[str]
 
 
+# What a DiT lacks for Abs-Grad-SAM, said in the refusal (the family seam names the model family)
+DIT_MISSING = ("Abs-Grad-SAM scores cross-attention maps (image queries x text keys, times their gradient); this "
+               "model has no cross-attention: its text enters through joint attention, and Conduit has no "
+               "Grad-SAM on joint attention yet.")
+
+
 def as_patcher(base_model) -> types.SimpleNamespace:
     """attention_layers/model_family read only .model, so a sampler's BaseModel can stand in for a patcher."""
     return types.SimpleNamespace(model=base_model)
@@ -60,6 +66,7 @@ def as_patcher(base_model) -> types.SimpleNamespace:
 def choose_layers(base_model, mode: str, custom: str, node: str) -> list[AttentionLayer]:
     """'last': the last up-block cross-attention at the finest up resolution (the reference's layer); 'all':
     every cross-attention layer; 'custom': the list in `custom`, in Conduit's layer syntax (o5.1, o3-5, m0)."""
+    family_of_model(base_model, node, missing=DIT_MISSING)
     cross = [layer for layer in attention_layers(as_patcher(base_model), node) if layer.has_cross]
     if not cross:
         raise ConduitError(node, "this model has no cross-attention layers.", "use an SD1.x, SD2.x or SDXL model.")
