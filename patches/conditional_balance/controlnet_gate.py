@@ -26,13 +26,12 @@ from typing import Any
 import torch
 
 from ..engine.errors import ConduitError
-from ..engine.families import DIT, family_of_model
+from ..engine.families import DIT, recognised_family
 from ..engine.steps import noise_time
 
 log = logging.getLogger(__name__)
 
 NODE = "Conduit ControlNet Timestep Gate"
-KINDS = ("unet", "dit")
 
 GATED_LISTS = ("input", "output")  # ComfyUI's names for the residuals CB zeroes; "middle" is the mid block
 
@@ -92,10 +91,12 @@ class GatedControl:
 
     # --- the sampler's ControlNet protocol ---------------------------------------------------------------------
     def pre_run(self, model: Any, percent_to_timestep_function: Any) -> None:
-        family = family_of_model(model, NODE, KINDS)
-        if family.kind == DIT:
+        # A model no family describes keeps the gate's general behaviour (UNet lists, noise-level clock), as
+        # the gate always had; a DiT family's ControlNets must be of a type whose layout it knows.
+        family = recognised_family(model)
+        self.whole = family is not None and family.kind == DIT
+        if self.whole:
             check_dit_controlnets(self.inner, family)
-        self.whole = family.kind == DIT
         self.model_sampling = model.model_sampling
         self.inner.pre_run(model, percent_to_timestep_function)
 

@@ -267,6 +267,11 @@ def _names(kinds: tuple[str, ...]) -> str:
     return ", ".join(names + [f.name for f in FAMILIES if f.kind == DIT and f.kind in kinds])
 
 
+def recognised_family(model: Any) -> Family | None:
+    """The family of a comfy BaseModel, or None for a model no family describes (no error)."""
+    return next((f for f in FAMILIES if f.recognises(model)), None)
+
+
 def family_of_model(model: Any, node: str, kinds: tuple[str, ...] = (UNET,), missing: str = "") -> Family:
     """The same for a comfy BaseModel (what samplers and apply-model wrappers see)."""
     for family in FAMILIES:
