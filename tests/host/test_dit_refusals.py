@@ -44,8 +44,8 @@ def test_sow_attention_refuses_dits(dits, name):
     img = torch.rand(1, 32, 32, 3)
     seed = cow.ConduitCOWSeedCanvas().make(img, 64, 64, 16, 0, 32, 32, "pixels", "stretch", 0.5)[-1]
     with pytest.raises(ConduitError) as err:
-        sown.ConduitSOWAttention().patch(dits[name], seed, 2.0, 1.0, 1.0, 1.0, 0.25, 2.0, 0.2, "soft", "both",
-                                         "cycles only", "all")
+        sown.ConduitSOWAttention().patch(dits[name], seed, 2.0, 1.0, 1.0, 1.0, 0.25, 2.0, 0.2, "soft",
+                                         "cond and uncond", "cycles only", "all")
     refused(err, sown.NODE, name, "joint attention")
 
 

@@ -77,6 +77,22 @@ class ConduitTestTinyControlNet:
         return (_build().build_controlnet(family, seed),)
 
 
+class ConduitTestTinyDiTControlNet:
+    """A tiny seeded SD3 / SD3.5 / Flux ControlNet (ComfyUI's own classes) for the tiny DiTs."""
+    CATEGORY = "conduit/testing"
+    RETURN_TYPES = ("CONTROL_NET",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"kind": (["sd3", "sd35", "flux"],),
+                             "seed": ("INT", {"default": 1, "min": 0, "max": 2**31})}}
+
+    def load(self, kind: str, seed: int):
+        module = importlib.import_module(f"{_pack().__name__}.toyworld.dit_controlnet")
+        return (module.build_dit_controlnet(kind, seed),)
+
+
 class AnyType(str):
     """A socket type that every type matches (ComfyUI compares types with !=; this side always answers equal)."""
 
@@ -102,5 +118,6 @@ class ConduitTestSink:
 NODE_CLASS_MAPPINGS = {"ConduitTestTinyCheckpoint": ConduitTestTinyCheckpoint,
                        "ConduitTestTinyDiT": ConduitTestTinyDiT,
                        "ConduitTestTinyControlNet": ConduitTestTinyControlNet,
+                       "ConduitTestTinyDiTControlNet": ConduitTestTinyDiTControlNet,
                        "ConduitTestShortKeyPAG": ConduitTestShortKeyPAG,
                        "ConduitTestSink": ConduitTestSink}
