@@ -47,6 +47,20 @@ STEP_CLASSES = ("KSampler", "BasicScheduler", "ConduitSensitivityAnalysis")
 PIXEL_BOXES = {"ConduitCOWSeedCanvas": (("box_x", "box_w"), ("box_y", "box_h"))}
 
 
+TINY_DIT_MAX_SIDE = 512  # the tiny SD3's position table covers 32x32 patches (toyworld/dit_build.py)
+
+
+def cap_dit_size(graph: dict) -> dict:
+    """SD3/Flux latents of at most 512x512 for the tiny DiTs (in place; returns the graph)."""
+    for node in graph.values():
+        if node["class_type"] == "EmptySD3LatentImage":
+            for key in ("width", "height"):
+                value = node["inputs"].get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value > TINY_DIT_MAX_SIDE:
+                    node["inputs"][key] = TINY_DIT_MAX_SIDE
+    return graph
+
+
 def native_size(graph: dict) -> dict:
     """Set the graph to the demo model's size and a small step count (in place; returns the graph)."""
     for node in graph.values():
@@ -149,7 +163,9 @@ def prepare_graph(graph: dict, model: str, sets: list[Assignment] = (), object_i
     elif model in ("tiny-flux", "tiny-sd3"):
         if not dit:
             raise UsageError(f"--model {model} is for SD3/Flux workflows; this one is for UNets (use tiny-sdxl)")
-        g = workflow.swap_dit_loaders(g, model[len("tiny-"):])
+        # tiny-sd3 is SD3.5 Large's 38 joint blocks at the narrowest width: the shipped SD3.5-L table fits it
+        g = workflow.swap_dit_loaders(g, "flux" if model == "tiny-flux" else "sd35l_keys")
+        cap_dit_size(g)
     elif model.startswith("tiny-"):
         g = workflow.swap_loaders(g, model[len("tiny-"):])
     if sets:

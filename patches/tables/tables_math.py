@@ -254,9 +254,12 @@ def dumps_table(data: Mapping[str, Any]) -> str:
 
 
 def key_short(key: Sequence) -> str:
-    """Compact label used in layer lists and heatmaps: i4.1, m0.3, o2.0, d12.0."""
+    """Compact label used in layer lists and heatmaps: i4.1, m0.3, o2.0 (UNets), d12, s3 (DiT blocks), the
+    names the layer grammar reads."""
     block, block_id, index = key
-    return f"{'d' if block == 'double_block' else block[0]}{block_id}.{index}"
+    if block in ("double_block", "single_block"):
+        return f"{block[0]}{block_id}"
+    return f"{block[0]}{block_id}.{index}"
 
 
 def diffusers_attn1_key(name: str, layers_per_block: int = 2) -> LayerKey:

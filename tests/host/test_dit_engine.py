@@ -54,7 +54,7 @@ def test_an_op_sees_the_layout_and_attend_is_plain_attention(tiny):
     assert torch.equal(run(m, name), run(base, name))  # an op that only attends changes nothing
     assert seen and {s[0] for s in seen} == {("double_block", 1)}
     heads = 2
-    for key, text, grid, shape, err in seen:
+    for _key, text, grid, shape, err in seen:
         assert text == TOKENS and grid == (5, 7)  # latent 10x14, patch 2
         assert shape[1] == heads and shape[2] == TOKENS + 35
         assert err < 1e-4

@@ -163,6 +163,11 @@ def test_embedded_runs_at_the_demo_size_and_few_steps(name):
         assert {n["class_type"] for n in g.values()} & set(workflow.DIT_MODEL_LOADERS) == set()
         assert all(v != ["1", 0] or g["1"]["class_type"] == workflow.DIT_TEST_LOADER
                    for n in g.values() for v in n["inputs"].values())
+        sd3 = jobs.prepare_graph(workflow.load_api(name), "tiny-sd3")
+        assert [n["inputs"]["topology"] for n in sd3.values() if n["class_type"] == workflow.DIT_TEST_LOADER] \
+            == ["sd35l_keys"]  # the shipped SD3.5-Large table's 38 blocks
+        assert all(n["inputs"][k] <= jobs.TINY_DIT_MAX_SIDE for n in sd3.values()
+                   if n["class_type"] == "EmptySD3LatentImage" for k in ("width", "height"))
         return
     g = jobs.prepare_graph(workflow.load_api(name), "embedded")
     for node in g.values():
