@@ -6,8 +6,23 @@ import torch
 from .schedule import StepContext, percent_from_timestep, step_index
 
 
+def _invert_percent(model_sampling, sigma: float) -> float:
+    """The percent whose percent_to_sigma is sigma, by bisection (percent_to_sigma falls as percent rises)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if float(model_sampling.percent_to_sigma(mid)) > sigma:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
 def sigma_to_percent(model_sampling, sigma: float) -> float:
-    """Sampling progress that percent_to_sigma maps back to this sigma (continuous, no rounding)."""
+    """Sampling progress that percent_to_sigma maps back to this sigma (continuous, no rounding).
+    Flow models (SD3 t = 1000 sigma with a shift, Flux t = sigma) invert their own percent_to_sigma."""
+    if is_flow(model_sampling):
+        return _invert_percent(model_sampling, float(sigma))
     log_sigmas = getattr(model_sampling, "log_sigmas", None)
     if log_sigmas is None:
         t = float(model_sampling.timestep(torch.tensor([sigma])).flatten()[0])

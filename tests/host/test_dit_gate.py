@@ -176,3 +176,15 @@ def test_a_flux_controlnet_on_sd3_is_refused(dits, vae):
     gpos, gneg = cbn.ConduitControlNetTimestepGate().gate(pos, neg, 0.5, False, False)
     with pytest.raises(ConduitError, match="ControlNetFlux"):
         sample(dits["sd3"], gpos, gneg, "sd3", steps=2)
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_sigma_to_percent_inverts_the_flow_models_own_percent_to_sigma(dits, name):
+    """Progress windows (SOW, Balanced Style's percent range) read sigma_to_percent: on SD3 (shift 3) and Flux
+    (t = sigma) it must be the inverse of the model's own percent_to_sigma."""
+    from conduit_pack.patches.engine.steps import sigma_to_percent
+
+    ms = dits[name].get_model_object("model_sampling")
+    for percent in (0.05, 0.3, 0.5, 0.77, 0.95):
+        sigma = float(ms.percent_to_sigma(percent))
+        assert sigma_to_percent(ms, sigma) == pytest.approx(percent, abs=1e-6)
