@@ -11,10 +11,7 @@ from ..patches.sow.modulation import SowConfig, apply_sow
 from ._declare import conduit_node
 
 NODE = "Conduit SOW Attention"
-# What a DiT lacks for this node, said in the refusal (the family seam names the model family)
-DIT_MISSING = ("SOW's modulation biases UNet self-attention among image tokens only; on this model image and "
-               "text tokens share one joint attention, and Conduit has no SOW modulation for joint attention yet "
-               "(COW without SOW runs on it).")
+KINDS = ("unet", "dit")
 
 
 @conduit_node(NODE)
@@ -24,8 +21,8 @@ class ConduitSOWAttention:
                    "to the condition (lets it absorb the condition), with time and distance decay and an "
                    "indicator that backs off when the related region already attends to the condition. Under the "
                    "COW sampler it acts inside cycles. Conduit's own design: the paper's equations are lost. "
-                   "SD1.x, SD2.x and SDXL only: on SD3/SD3.5 and Flux it stops with an error (COW itself runs "
-                   "there).")
+                   "Takes SD1.x, SD2.x and SDXL UNets and SD3/SD3.5 and Flux DiTs; on those the same bias acts on "
+                   "the image-to-image part of the joint attention, and image-to-text attention is kept.")
     CATEGORY = "conduit/cow"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -69,7 +66,8 @@ class ConduitSOWAttention:
                                                                  "cycles (SOW), or also in inversion and final pass."}),
             "layers": ("STRING", {"default": "all",
                                   "tooltip": "'all' self-attention layers, or short names from Conduit Model "
-                                             "Layers (e.g. i4.0, m0.0). No dense bias is ever built."}),
+                                             "Layers (e.g. i4.0, m0.0; on SD3/Flux blocks d7, s0-3). No dense "
+                                             "bias is ever built."}),
         }, "optional": {
             "related_box": ("CONDUIT_BOX", {"tooltip": "Condition-related region (MLLM stage 3 or Conduit Box). "
                                                        "Without it only suppression acts."}),
@@ -77,7 +75,7 @@ class ConduitSOWAttention:
 
     def patch(self, model, seed, suppress, enhance, time_decay, time_cutoff, distance_tau, threshold, near_fraction,
               gate, apply_to, phases, layers, related_box=None):
-        model_family(model, NODE, missing=DIT_MISSING)
+        model_family(model, NODE, KINDS)
         if related_box is not None and (related_box["w"] <= 0 or related_box["h"] <= 0):
             raise ConduitError(NODE, f"related_box {related_box} is empty.", "give it a positive width and height.")
         params = sm.SowParams(suppress, enhance, time_decay, time_cutoff, distance_tau, threshold, near_fraction, gate)

@@ -8,6 +8,8 @@ import torch
 
 from . import sow_math as sm
 from ..engine.attention import set_replace
+from ..engine.dit_attention import set_block_op
+from .dit_modulation import make_dit_op
 from ..engine.batch import COND, kind_mask
 from ..engine.host import model_sampling
 from ..engine.phases import PHASE_KEY
@@ -17,6 +19,9 @@ from ..engine.layer_select import layer_list
 from ..engine.steps import sigma_to_percent
 
 log = logging.getLogger(__name__)
+
+KINDS = ("unet", "dit")  # DiTs: the joint-attention form in dit_modulation.py
+DIT_TOKEN = "conduit_sow"
 
 
 @dataclass
@@ -88,13 +93,21 @@ def make_replace(config: SowConfig, sampling):
 
 
 def parse_layers(text: str, model_patcher, node: str) -> list:
-    return layer_list(attention_layers(model_patcher, node), text, node)
+    return layer_list(attention_layers(model_patcher, node, KINDS), text, node)
 
 
 def apply_sow(model_patcher, config: SowConfig, layers_text: str, node: str):
-    """A patched clone; the original ModelPatcher is untouched."""
+    """A patched clone; the original ModelPatcher is untouched. UNets: chained attn1 replaces; DiTs: the
+    joint-attention op of dit_modulation in each chosen block (core block replaces, chained)."""
     m = model_patcher.clone()
-    make = make_replace(config, model_sampling(model_patcher))
-    for layer in parse_layers(layers_text, model_patcher, node):
+    sampling = model_sampling(model_patcher)
+    layers = parse_layers(layers_text, model_patcher, node)
+    if layers and layers[0].is_dit:
+        op = make_dit_op(config, lambda options: progress(options, config, sampling))
+        for layer in layers:
+            set_block_op(m, layer.key[:2], op, f"{DIT_TOKEN}_{id(op)}")
+        return m
+    make = make_replace(config, sampling)
+    for layer in layers:
         set_replace(m, "attn1", layer.key, make)
     return m

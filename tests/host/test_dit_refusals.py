@@ -1,4 +1,4 @@
-"""Nodes not built for DiTs refuse SD3/SD3.5 and Flux with an error that names the node, the model family and
+"""Nodes not built for DiTs (the Grad-SAM nodes) refuse SD3/SD3.5 and Flux with an error that names the node, the model family and
 what the model lacks, before anything is sampled (never a silently wrong image)."""
 import pytest
 import torch
@@ -7,9 +7,7 @@ from tests.host.dit_helpers import conds, needs_dit
 import conduit  # noqa: F401
 from conduit_pack.toyworld import build, dit_build
 
-import conduit_pack.nodes.cow as cow
 import conduit_pack.nodes.gradsam as gsn
-import conduit_pack.nodes.sow as sown
 import conduit_pack.patches.gradsam.gradsam_math as gm
 from conduit_pack.patches.engine.errors import ConduitError
 
@@ -37,16 +35,6 @@ def refused(err, node, name, lacks):
 
 def latent():
     return {"samples": torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))}
-
-
-@pytest.mark.parametrize("name", ["sd3", "flux"])
-def test_sow_attention_refuses_dits(dits, name):
-    img = torch.rand(1, 32, 32, 3)
-    seed = cow.ConduitCOWSeedCanvas().make(img, 64, 64, 16, 0, 32, 32, "pixels", "stretch", 0.5)[-1]
-    with pytest.raises(ConduitError) as err:
-        sown.ConduitSOWAttention().patch(dits[name], seed, 2.0, 1.0, 1.0, 1.0, 0.25, 2.0, 0.2, "soft",
-                                         "cond and uncond", "cycles only", "all")
-    refused(err, sown.NODE, name, "joint attention")
 
 
 @pytest.mark.parametrize("name", ["sd3", "flux"])
