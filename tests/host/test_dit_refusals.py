@@ -1,5 +1,5 @@
-"""Nodes not built for DiTs (the Grad-SAM nodes) refuse SD3/SD3.5 and Flux with an error that names the node, the model family and
-what the model lacks, before anything is sampled (never a silently wrong image)."""
+"""Nodes not built for DiTs (the Grad-SAM nodes) refuse SD3/SD3.5 and Flux with an error that names the node,
+the model family and what the model lacks, before anything is sampled (never a silently wrong image)."""
 import pytest
 import torch
 
