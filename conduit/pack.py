@@ -31,7 +31,7 @@ def register_shell() -> types.ModuleType:
 def import_pack(run_init: bool = True) -> types.ModuleType:
     """The pack package; with run_init, its __init__ (the node mappings, which need ComfyUI) has run too."""
     mod = register_shell()
-    if run_init and getattr(mod, "NODE_CLASS_MAPPINGS", None) is None:
+    if run_init and getattr(mod, "NODE_API", None) is None:
         mod.__spec__.loader.exec_module(mod)
     return mod
 

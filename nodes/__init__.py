@@ -1,8 +1,9 @@
 """Collect the node classes of every technique module in this folder.
 
 Each node class is declared once with `@conduit_node(display name)` (see `_declare.py`); importing the
-modules fills the registry, and ComfyUI's two mappings are built from it. A module that fails to import is
-logged and skipped, so one broken technique never takes the whole pack down.
+modules fills the registry. The classic mappings below are the declarations themselves (tests, bench and eval
+call them in-process); the pack's `__init__` registers them with ComfyUI, as V3 nodes or classic ones. A
+module that fails to import is logged and skipped, so one broken technique never takes the whole pack down.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import importlib
 import logging
 import pkgutil
 
-from ._declare import class_mappings, display_name_mappings
+from ._declare import class_mappings, declared_nodes, display_name_mappings
 
 log = logging.getLogger(__name__)
 
@@ -29,3 +30,5 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
 
 NODE_CLASS_MAPPINGS: dict[str, type] = class_mappings()
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = display_name_mappings()
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "declared_nodes", "display_name_mappings"]

@@ -40,6 +40,11 @@ def conduit_node(display_name: str) -> Callable[[T], T]:
     return declare
 
 
+def declared_nodes() -> list[type]:
+    """Every declared node class, in declaration order."""
+    return list(REGISTRY.values())
+
+
 def class_mappings() -> dict[str, type]:
     return dict(REGISTRY)
 

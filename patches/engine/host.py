@@ -20,6 +20,19 @@ def has_patcher_extension() -> bool:
     return True
 
 
+def v3_node_api() -> Any | None:
+    """ComfyUI's V3 node API (the `comfy_api.latest` module: `io`, `ComfyExtension`), or None on hosts that
+    predate it (the pinned 2024 host). The pack registers V3 nodes where this is not None."""
+    try:
+        import comfy_api.latest as latest
+    except ImportError:
+        return None
+    io = getattr(latest, "io", None)
+    if io is None or not all(hasattr(io, name) for name in ("ComfyNode", "Schema", "Custom", "NodeOutput")):
+        return None
+    return latest
+
+
 def has_calc_cond_batch() -> bool:
     import comfy.samplers
 

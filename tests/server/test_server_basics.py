@@ -108,3 +108,18 @@ def test_ui_workflow_matches_api_workflow(path, object_info):
         pytest.skip(f"this ComfyUI has no {', '.join(missing)} (the pinned 2024 host predates SD3/Flux)")
     converted = workflow.strip_meta(workflow.api_from_ui(json.loads(ui_path.read_text()), object_info))
     assert converted == api
+
+
+def test_the_server_registered_the_api_its_host_has(comfy_server, object_info):
+    """Current ComfyUI registers Conduit's V3 nodes (comfy_entrypoint): their combos are served in V3's
+    ("COMBO", {"options": [...]}) form. The 2024 host registers the classic mappings (combos as lists). Either
+    way the widgets (names, order, defaults) are those of the declaration, which saved workflows rely on."""
+    host_has_v3 = (comfy_server.host.path / "comfy_api" / "latest" / "__init__.py").is_file()
+    layers = object_info["ConduitSmoothedEnergyGuidance"]["input"]["required"]["layers"]
+    if host_has_v3:
+        assert layers[0] == "COMBO" and "middle" in layers[1]["options"], layers
+    else:
+        assert isinstance(layers[0], list) and "middle" in layers[0], layers
+    assert layers[1]["default"] == "middle"
+    assert list(object_info["ConduitSmoothedEnergyGuidance"]["input"]["required"]) == [
+        "model", "scale", "blur_sigma", "start_percent", "end_percent", "layers", "custom_layers", "rescale"]
