@@ -81,7 +81,7 @@ def markdown(rows) -> str:
     for r in rows:
         d = r.as_dict()
         ok = {True: "yes", False: "NO", None: ""}[d["meets_target"]]
-        target = "" if r.target is None else f"≤{r.target:g}"
+        target = "" if r.target is None else f"<={r.target:g}"
         lines.append(f"| {r.technique} | {r.case} | {d['topology']} | {d['latent']} | {r.baseline_s:.4f} | "
                      f"{r.patched_s:.4f} | {r.ratio:.3f} | {target} | {ok} | {r.device} | {r.host} |")
     return "\n".join(lines)

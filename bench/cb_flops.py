@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         for side in args.latent:
             for batch, target in ((1, 2.1), (4, 1.35)):
                 mean, worst = ratios(side, batch, args.strength, args.rows)
-                print(f"| {side * 8}x{side * 8} | {batch} | {mean:.4f} | {worst:.4f} | ≤{target} |")
+                print(f"| {side * 8}x{side * 8} | {batch} | {mean:.4f} | {worst:.4f} | <={target} |")
     return 0
 
 

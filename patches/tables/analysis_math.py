@@ -1,11 +1,11 @@
 """Sensitivity grading (pure torch): diagonal-Gaussian JSD between images, within/between-group ratio.
 
-Each image contributes, per (timestep, layer, feature), the token mean μ and std σ of that feature's
+Each image contributes, per (timestep, layer, feature), the token mean mu and std sigma of that feature's
 channels (cond and uncond passes concatenated, as in Conditional Balance). Two images a, b are compared
-as diagonal Gaussians with the reference code's midpoint M = N((μa+μb)/2, (σa²+σb²)/2):
+as diagonal Gaussians with the reference code's midpoint M = N((mu_a+mu_b)/2, (sigma_a²+sigma_b²)/2):
 
-    JSD(a, b) = ½·[KL(Pa‖M) + KL(Pb‖M)]            summed over channels
-              = ¼·Σ_d [ (μa−μb)²/(σa²+σb²) + 2·ln σM² − ln σa² − ln σb² ]
+    JSD(a, b) = ½·[KL(Pa||M) + KL(Pb||M)]          summed over channels
+              = ¼·sum_d [ (mu_a-mu_b)²/(sigma_a²+sigma_b²) + 2·ln sigma_M² - ln sigma_a² - ln sigma_b² ]
 
 score = mean JSD over same-group pairs / mean JSD over different-group pairs (1 when both are 0).
 Pairs come from explicit group labels, which fixes the reference's overlapping same-style windows.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-STD_EPS = 1e-5  # σ = sqrt(unbiased var + 1e-5), as in the reference statistics
+STD_EPS = 1e-5  # sigma = sqrt(unbiased var + 1e-5), as in the reference statistics
 FEATURES = ("q", "k", "v")
 KINDS = 2  # slot 0 = uncond pass, slot 1 = cond pass (reference order: uncond then cond)
 
@@ -150,7 +150,7 @@ class StoreShape:
 
 
 class StatsStore:
-    """Per-image, per-step token statistics: [images, steps, feature, pass, (μ, σ), D] float32.
+    """Per-image, per-step token statistics: [images, steps, feature, pass, (mu, sigma), D] float32.
 
     Memory grows with images × steps × channels, never with tokens. Above `disk_over_bytes` it lives
     in a temporary memory-mapped file that is removed on close().

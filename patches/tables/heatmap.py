@@ -2,7 +2,7 @@
 
 One panel per feature; rows are layers in UNet order with block separators and labels, columns are
 timesteps from the first (noisiest) step to the last. Bright = low score = more sensitive. A white
-contour surrounds the cells inside the λS cut (the int(λS·L) most sensitive layers of each column), and
+contour surrounds the cells inside the lambda_S cut (the int(lambda_S·L) most sensitive layers of each column), and
 a strip under each panel shows the column's mean score (what the structure mode ranks timesteps by).
 
 The image is bounded (MAX_WIDTH x MAX_HEIGHT pixels): tables with more timesteps or layers than fit are drawn
@@ -127,7 +127,7 @@ def _contour(mask: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
 
 
 def _draw_cut_lines(draw: ImageDraw.ImageDraw, cut: torch.Tensor, x0: int, top: int, ch: int, cw: int) -> None:
-    """The λS contour as 2 px lines on the borders between cut and uncut cells (only border cells are visited)."""
+    """The lambda_S contour as 2 px lines on the borders between cut and uncut cells (only border cells are visited)."""
     up, down, left, right = _cut_edges(cut)
     for r, c in (up | down | left | right).nonzero().tolist():
         x, y = x0 + c * cw, top + r * ch
@@ -146,7 +146,7 @@ def render(table: SensitivityTable, lambda_s: float = 0.43, features: Sequence[s
     """The heatmap as an RGB PIL image of at most MAX_WIDTH x MAX_HEIGHT pixels.
 
     Cells are 6-28 px wide and 8-22 px high when they fit; a long table gets smaller cells (down to MIN_CELL
-    px) and then neighbouring timesteps (columns) or layers (rows) averaged into one cell, the λS cut of such a
+    px) and then neighbouring timesteps (columns) or layers (rows) averaged into one cell, the lambda_S cut of such a
     cell being the majority of its members. Work is linear in the table size."""
     lambda_s = check_lambda(lambda_s, node, maximum=max(LAMBDA_MAX, float(table.num_layers)))
     feats = [f for f in (features or table.features) if f in table.scores] or table.features

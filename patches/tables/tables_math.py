@@ -63,7 +63,7 @@ class SensitivityTable:
         return best
 
     def count_for(self, fraction: float) -> int:
-        """CB's λ rule: 0 < λ ≤ 1 is a fraction of the layers (int(λ·L)); λ > 1 is a layer count."""
+        """CB's lambda rule: 0 < lambda <= 1 is a fraction of the layers (int(lambda·L)), lambda > 1 a layer count."""
         if not math.isfinite(fraction):
             raise ValueError(f"lambda must be a finite number, got {fraction!r}")
         if fraction <= 0:
@@ -331,7 +331,7 @@ def cut_counts(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def summary(table: SensitivityTable, lambda_s: float = 0.43) -> str:
-    """Human-readable digest: shape, the layers most often inside the λS cut, and the timestep ranking.
+    """Human-readable digest: shape, the layers most often inside the lambda_S cut, and the timestep ranking.
 
     Linear in the table size (one batched sort per feature; no per-timestep lookups)."""
     n = table.count_for(lambda_s)

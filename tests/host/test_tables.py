@@ -36,7 +36,7 @@ def sdxl_full():
 
 
 # Conditional Balance spec §1.3: in how many of the 50 timesteps each CB layer index is among the
-# top 30 (λS = 0.43) of the main table, feature q. Every index not listed: 0.
+# top 30 (lambda_S = 0.43) of the main table, feature q. Every index not listed: 0.
 SPEC_Q_FREQUENCY = {0: 33, 1: 42, 2: 44, 3: 48, 4: 30, 5: 36, 8: 14, 9: 4, 10: 44, 11: 41, 12: 41, 13: 34, 16: 8,
                     17: 6, 18: 15, 19: 6, 20: 14, 21: 12, 22: 10, 23: 7, 35: 1, 36: 4, 37: 20, 38: 42, 39: 50,
                     40: 50, 41: 50, 42: 50, 43: 50, 44: 49, 45: 50, 46: 41, 47: 46, 48: 50, 49: 50, 50: 50,
