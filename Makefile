@@ -6,7 +6,9 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_FLAGS ?= -p no:cacheprovider --import-mode=importlib -rs
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup host lint test test-unit test-host test-server demo bench eval clean
+CHECKERS ?= .venv-checkers
+
+.PHONY: setup host lint checkers test test-unit test-host test-server demo bench eval clean
 
 $(VENV)/.ready: requirements-dev.txt constraints-dev.txt
 	$(PY) -m venv $(VENV)
@@ -23,7 +25,17 @@ host: setup
 lint: setup
 	$(VPY) -m ruff check .
 
-test: setup host lint
+# The registry's own tools (comfy-cli's `comfy node pack` / `validate`, comfy-test's lint) in their own venv: their
+# dependencies are not ComfyUI's. tests/unit/test_packaging.py runs them on the packed archive (offline); when
+# PyPI cannot be reached the install is reported and those tests skip, saying so.
+$(CHECKERS)/.ready: constraints-checkers.txt
+	$(PY) -m venv $(CHECKERS)
+	$(CHECKERS)/bin/python -m pip install -q comfy-cli comfy-test ruff -c constraints-checkers.txt \
+		&& touch $@ || echo "make checkers: could not install comfy-cli/comfy-test; the registry checks will skip"
+
+checkers: $(CHECKERS)/.ready
+
+test: setup host lint checkers
 	$(VPY) -m pytest $(PYTEST_FLAGS) tests
 
 test-unit: setup
@@ -45,4 +57,4 @@ eval: setup host
 	$(VPY) -m eval
 
 clean:
-	rm -rf $(VENV) .cache out
+	rm -rf $(VENV) $(CHECKERS) .cache out

@@ -217,6 +217,18 @@ def _input_specs(info: dict) -> list[tuple[str, Any, dict]]:
     return specs
 
 
+def combo_choices(spec: list | tuple) -> list | None:
+    """The choices of a combo input as /object_info serves it: classic nodes as ([choices], {...}), V3 nodes (and
+    so Conduit's on current ComfyUI) as ("COMBO", {"options": [choices], ...}); None for any other input."""
+    kind = spec[0]
+    if isinstance(kind, (list, tuple)):
+        return list(kind)
+    if kind == "COMBO":
+        opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        return list(opts.get("options") or [])
+    return None
+
+
 def _is_widget(kind: Any) -> bool:
     return isinstance(kind, list) or kind in PRIMITIVES or kind == "COMBO"
 
@@ -266,8 +278,9 @@ def ui_from_api(graph: dict, object_info: dict) -> dict:
                 inputs.append(entry)
                 continue
             if _is_widget(kind):
-                if value is None and isinstance(kind, list) and kind:
-                    value = kind[0]
+                choices = combo_choices([kind, opts])
+                if value is None and choices:
+                    value = choices[0]
                 widgets.append(value)
                 if _has_control(name, kind, opts):
                     widgets.append("fixed")

@@ -53,7 +53,8 @@ def test_workflow_runs_and_style_changes_the_image(comfy_server, tiny_table, nam
 def test_tables_are_listed_and_old_path_values_still_load(comfy_server, tiny_table):
     client = comfy_server.client()
     info = client.object_info()["ConduitLoadSensitivityTable"]["input"]
-    assert tiny_table in info["required"]["table"][0] and "sdxl_style_qk" in info["required"]["table"][0]
+    listed = workflow.combo_choices(info["required"]["table"])
+    assert tiny_table in listed and "sdxl_style_qk" in listed
     assert "path" in info["optional"]
     # an old workflow: the shipped name in `table`, the file in the old `path` input (relative to output/)
     old = {"table": "sdxl_style_qk", "path": "/old/ComfyUI/output/conduit_tests/tiny_sdxl_test_table.json"}

@@ -65,8 +65,9 @@ SOCKETS = {"MODEL": ["ckpt", 0], "CLIP": ["ckpt", 1], "VAE": ["ckpt", 2], "CONDI
 
 def widget_default(decl: list):
     kind, opts = decl[0], decl[1] if len(decl) > 1 else {}
-    if isinstance(kind, list):
-        return opts.get("default", kind[0] if kind else "")
+    choices = workflow.combo_choices(decl)
+    if choices is not None:
+        return opts.get("default", choices[0] if choices else "")
     return opts.get("default", {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind))
 
 
@@ -175,7 +176,7 @@ def bad_cases(info: dict, class_type: str):
             values = HOSTILE_PATHS if name == "path" else HOSTILE_STRINGS
             for v in values:
                 yield f"{name}={v[:12]!r}", {name: v}, "path" if name == "path" else "string"
-        elif isinstance(kind, list) and kind:
+        elif workflow.combo_choices(decl):
             yield f"{name}=<not a choice>", {name: "no such choice"}, "choice"
 
 

@@ -31,7 +31,7 @@ def test_analysis_workflow_writes_a_table_and_heatmaps(comfy_server, server_tabl
     # the same file is in models/conduit_tables and listed by the loader after the run
     (name,) = result.outputs[node_id]["table_names"]
     assert (server_tables / name).read_bytes() == on_disk.read_bytes()
-    listed = client.object_info()["ConduitLoadSensitivityTable"]["input"]["required"]["table"][0]
+    listed = workflow.combo_choices(client.object_info()["ConduitLoadSensitivityTable"]["input"]["required"]["table"])
     assert name in listed
     assert table.family == "sdxl" and table.num_layers == 8 and len(table.timesteps) == 2
     assert table.provenance["image_count"] == 6 and table.features == ["q", "k", "v"]
