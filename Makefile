@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 2
 
 CHECKERS ?= .venv-checkers
 
-.PHONY: setup host lint checkers test test-unit test-host test-server demo bench eval clean
+.PHONY: setup host lint checkers test test-unit test-host test-server test-editor demo bench eval clean
 
 $(VENV)/.ready: requirements-dev.txt constraints-dev.txt
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,11 @@ test-host: setup host
 
 test-server: setup host
 	$(VPY) -m pytest $(PYTEST_FLAGS) tests/server
+
+# The real editor in the system's headless Chromium (apt-get install chromium); `make test` runs it too, and it
+# skips, saying so, where no browser is installed. Screenshots go to tests/editor/out/.
+test-editor: setup host
+	$(VPY) -m pytest $(PYTEST_FLAGS) tests/editor
 
 demo: setup host
 	$(VPY) -m conduit demo --out out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import help_pages
 from .host import find_host, import_host
 from .pack import import_pack
 
@@ -16,8 +17,6 @@ def declared_nodes() -> list[type]:
 
 
 def cmd_help_pages(args: argparse.Namespace) -> int:
-    from . import help_pages
-
     written = help_pages.write(declared_nodes())
     print(f"wrote {len(written)} help pages to {help_pages.HELP_DIR.relative_to(help_pages.REPO_ROOT)}/")
     return 0

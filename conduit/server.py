@@ -36,11 +36,16 @@ def supported_flags(host: Host) -> set[str]:
 
 
 class ComfyServer:
-    """Context manager. extra_node_dirs are added as custom_nodes folders (tests add their loader pack)."""
+    """Context manager. extra_node_dirs are added as custom_nodes folders (tests add their loader pack).
+    frontend_root: the editor to serve on hosts that take --front-end-root (none by default: an empty folder;
+    the 2024 host always serves its built-in editor)."""
 
     def __init__(self, host: Host, extra_node_dirs: list[Path] | None = None, port: int | None = None,
-                 workdir: Path | None = None, startup_timeout: float = 240.0) -> None:
+                 workdir: Path | None = None, startup_timeout: float = 240.0,
+                 frontend_root: Path | None = None, model_folders: dict[str, Path] | None = None) -> None:
         self.host = host
+        self.frontend_root = frontend_root
+        self.model_folders = dict(model_folders or {})  # extra folder_paths entries, e.g. {"checkpoints": dir}
         self.extra_node_dirs = list(extra_node_dirs or [])
         self.port = port or free_port()
         self._own_tmp = None if workdir else tempfile.TemporaryDirectory(prefix="conduit-comfy-")
@@ -67,7 +72,8 @@ class ComfyServer:
         # Tables the analysis node saves go to the first conduit_tables folder: keep them in this server's
         # work dir, never in the host's own models/ folder.
         yaml.write_text("conduit:\n    custom_nodes: |\n" + "".join(f"        {f}\n" for f in folders)
-                        + f"    conduit_tables: {self.workdir / 'conduit_tables'}\n")
+                        + f"    conduit_tables: {self.workdir / 'conduit_tables'}\n"
+                        + "".join(f"    {name}: {path}\n" for name, path in self.model_folders.items()))
         return yaml
 
     def command(self) -> list[str]:
@@ -78,8 +84,9 @@ class ComfyServer:
                "--output-directory", str(self.workdir / "output"),
                "--input-directory", str(self.workdir / "input"),
                "--temp-directory", str(self.workdir / "temp")]
-        optional = {"--front-end-root": [str(self.workdir / "frontend")], "--disable-api-nodes": [],
-                    "--database-url": ["sqlite:///:memory:"], "--user-directory": [str(self.workdir / "user")]}
+        optional = {"--front-end-root": [str(self.frontend_root or self.workdir / "frontend")],
+                    "--disable-api-nodes": [], "--database-url": ["sqlite:///:memory:"],
+                    "--user-directory": [str(self.workdir / "user")]}
         for flag, values in optional.items():
             if flag in flags:
                 cmd += [flag, *values]

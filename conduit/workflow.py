@@ -237,6 +237,38 @@ def _has_control(name: str, kind: Any, opts: dict) -> bool:
     return kind == "INT" and (name in SEED_NAMES or bool(opts.get("control_after_generate")))
 
 
+TITLE_H, SLOT_H, WIDGET_H = 30, 20, 24  # the editor's title bar, socket row and widget row heights (px)
+MULTILINE_H, PREVIEW_H = 110, 250  # a multiline text box; the image preview of nodes that upload images
+COLUMN_GAP, ROW_GAP = 70, 40
+
+
+def node_size(info: dict, inputs: list, widgets: list) -> tuple[int, int]:
+    """A node's size from its sockets and widgets, at least what the editor computes for it, so no widget
+    is hidden and a node below starts under it (the editor draws a node at its saved size)."""
+    specs = _input_specs(info)
+    multiline = sum(1 for _, kind, opts in specs if kind == "STRING" and opts.get("multiline"))
+    upload = any(opts.get("image_upload") for _, _, opts in specs)
+    sockets = max(len([1 for _, kind, _ in specs if not _is_widget(kind)]), len(info["output"]))
+    rows = len(widgets) + (1 if upload else 0)
+    height = 16 + SLOT_H * sockets + WIDGET_H * rows + MULTILINE_H * multiline + (PREVIEW_H if upload else 0)
+    width = 420 if multiline or upload else 340
+    return width, height
+
+
+def place_in_columns(nodes: list[dict]) -> None:
+    """Columns by graph depth, each node under the previous one with a gap: no node covers another."""
+    x = 60
+    for col in sorted({n["_col"] for n in nodes}):
+        y = 60 + TITLE_H
+        column = [n for n in nodes if n["_col"] == col]
+        for n in column:
+            n["pos"] = [x, y]
+            y += n["size"][1] + TITLE_H + ROW_GAP
+        x += max(n["size"][0] for n in column) + COLUMN_GAP
+    for n in nodes:
+        del n["_col"]
+
+
 def ui_from_api(graph: dict, object_info: dict) -> dict:
     """A UI-format workflow (editor layout in columns by graph depth) for an API graph."""
     if all(n.isdigit() for n in graph):
@@ -255,13 +287,10 @@ def ui_from_api(graph: dict, object_info: dict) -> dict:
     links: list[list] = []
     out_links: dict[tuple[str, int], list[int]] = {}
     nodes = []
-    rows: dict[int, int] = {}
     for nid in sorted(graph, key=lambda n: ids[n]):
         node = graph[nid]
         info = object_info[node["class_type"]]
         col = level(nid)
-        row = rows.get(col, 0)
-        rows[col] = row + 1
         inputs, widgets = [], []
         for name, kind, opts in _input_specs(info):
             value = node["inputs"].get(name, opts.get("default"))
@@ -284,8 +313,9 @@ def ui_from_api(graph: dict, object_info: dict) -> dict:
                 widgets.append(value)
                 if _has_control(name, kind, opts):
                     widgets.append("fixed")
-        nodes.append({"id": ids[nid], "type": node["class_type"], "pos": [60 + 360 * col, 60 + 260 * row],
-                      "size": [320, 220], "flags": {}, "order": 0, "mode": 0, "inputs": inputs,
+        nodes.append({"id": ids[nid], "type": node["class_type"], "pos": [0, 0], "_col": col,
+                      "size": list(node_size(info, inputs, widgets)), "flags": {}, "order": 0, "mode": 0,
+                      "inputs": inputs,
                       "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
                       "widgets_values": widgets,
                       **({"title": node["_meta"]["title"]} if node.get("_meta", {}).get("title") else {})})
@@ -294,6 +324,7 @@ def ui_from_api(graph: dict, object_info: dict) -> dict:
         names = info.get("output_name") or info["output"]
         n["outputs"] = [{"name": names[i], "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
                         for i, t in enumerate(info["output"])]
+    place_in_columns(nodes)
     order = sorted(nodes, key=lambda n: depth[[k for k, v in ids.items() if v == n["id"]][0]])
     for i, n in enumerate(order):
         n["order"] = i

@@ -17,14 +17,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 def pytest_configure(config):
     for tier, text in (("unit", "pure torch, no ComfyUI"), ("host", "real ComfyUI in-process"),
-                       ("server", "real ComfyUI over HTTP"), ("slow", "longer end-to-end runs")):
+                       ("server", "real ComfyUI over HTTP"), ("editor", "the real editor in headless Chromium"),
+                       ("slow", "longer end-to-end runs")):
         config.addinivalue_line("markers", f"{tier}: {text}")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         tier = Path(str(item.fspath)).parent.name
-        if tier in ("unit", "host", "server"):
+        if tier in ("unit", "host", "server", "editor"):
             item.add_marker(getattr(pytest.mark, tier))
 
 

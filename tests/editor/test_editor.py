@@ -1,0 +1,133 @@
+"""The real editor, as a user meets the pack: every UI workflow loads with every node known and every widget
+value where its input expects it, the nodes are found under conduit/..., no node covers another, a workflow
+queued from the page runs on the demo toy model and its image and text outputs show."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conduit import workflow
+from conduit.host import REPO_ROOT
+from tests.editor.conftest import host_tag
+
+UI_WORKFLOWS = sorted(p for p in (REPO_ROOT / "workflows").glob("*.json") if not p.name.endswith(".api.json"))
+
+
+def declared_ids() -> set[str]:
+    from tests.server.test_server_basics import pack_node_ids
+
+    return pack_node_ids()
+
+
+def test_every_conduit_node_is_in_the_editor_under_conduit(page):
+    types = page.js("window.conduitTest.nodeTypes()")
+    declared = declared_ids()
+    assert len(declared) >= 20
+    missing = declared - set(types)
+    assert not missing, sorted(missing)
+    for node_id in declared:
+        assert types[node_id]["category"].startswith("conduit/"), (node_id, types[node_id])
+
+
+def overlaps(nodes: list[dict]) -> list[tuple]:
+    """Pairs of nodes whose boxes (title bar included) intersect on the canvas."""
+    boxes = []
+    for n in nodes:
+        x, y = n["pos"]
+        w, h = max(n["size"][0], n["min"][0]), max(n["size"][1], n["min"][1])
+        boxes.append((n["id"], n["type"], x, y - n["title_height"], x + w, y + h))
+    out = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a[2] < b[4] and b[2] < a[4] and a[3] < b[5] and b[3] < a[5]:
+                out.append((a[:2], b[:2]))
+    return out
+
+
+def declared_only(prompt: dict, object_info: dict) -> dict:
+    """The prompt's inputs that the node declares (the 2024 editor also sends its upload button's value,
+    which the server ignores)."""
+    out = {}
+    for nid, node in prompt.items():
+        spec = object_info[node["class_type"]]["input"]
+        names = set(spec.get("required", {})) | set(spec.get("optional", {}))
+        out[nid] = {**node, "inputs": {k: v for k, v in node["inputs"].items() if k in names}}
+    return out
+
+
+@pytest.fixture(scope="module")
+def object_info(editor_server):
+    return editor_server.client().object_info()
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_ui_workflow_loads_with_known_nodes_and_its_widget_values(page, path, object_info):
+    ui = json.loads(path.read_text())
+    before = len(page.exceptions)
+    nodes = page.js(f"window.conduitTest.load({json.dumps(ui)})")
+    assert len(nodes) == len(ui["nodes"])
+    unknown = [(n["id"], n["type"]) for n in nodes if not n["known"]]
+    assert not unknown, f"missing nodes in the editor: {unknown}"
+    # the editor's own UI -> API conversion gives the API twin: every widget value sits on its input
+    prompt = page.js("window.conduitTest.prompt()")
+    twin = path.with_name(path.stem + ".api.json")
+    assert declared_only(workflow.strip_meta(prompt), object_info) == workflow.strip_meta(json.loads(twin.read_text()))
+    assert not page.exceptions[before:], page.exceptions[before:]  # nothing thrown while loading it
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_no_node_covers_another_and_none_hides_its_widgets(page, path):
+    nodes = page.js(f"window.conduitTest.load({json.dumps(json.loads(path.read_text()))})")
+    assert not overlaps(nodes), overlaps(nodes)
+    small = [(n["id"], n["type"], n["size"], n["min"]) for n in nodes
+             if n["size"][0] + 1 < n["min"][0] or n["size"][1] + 1 < n["min"][1]]
+    assert not small, f"nodes saved smaller than their widgets need: {small}"
+
+
+def test_a_workflow_queued_from_the_page_runs_on_the_demo_model_and_shows_its_outputs(page, editor_server,
+                                                                                     object_info, shots):
+    """txt2img with Conduit Model Layers, on the embedded demo toy model at its own size: queued with the
+    editor's Queue, the image shows on Save Image and the layer report shows on the Model Layers node."""
+    from conduit.jobs import prepare_graph
+
+    graph = prepare_graph(workflow.load_api("txt2img_vanilla"), "embedded")
+    workflow.set_all(graph, "KSampler", steps=4)
+    ui = workflow.ui_from_api(graph, object_info)
+    nodes = page.js(f"window.conduitTest.load({json.dumps(ui)})")
+    assert not overlaps(nodes)
+    client = editor_server.client()
+    before = set(client.get_json("/history"))
+    assert page.js("window.conduitTest.queue()")
+    new = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not new:
+        done = {k: v for k, v in client.get_json("/history").items() if k not in before and v.get("outputs")}
+        new = next(iter(done.values()), None)
+        time.sleep(1)
+    assert new, "the queued prompt did not finish; log:\n" + editor_server.log_tail(40)
+    (layers_id,) = [n["id"] for n in nodes if n["type"] == "ConduitModelLayers"]
+    (save_id,) = [n["id"] for n in nodes if n["type"] == "SaveImage"]
+    text = page.wait_for(f"(() => {{ const n = window.conduitTest.node({layers_id}); "
+                         "const w = n && n.widgets.find(([name]) => name === 'conduit_text'); return w && w[1]; })()",
+                         timeout=60)
+    assert "SD1.x UNet, latent 8x8" in text and "m0.0" in text  # the report of the demo model, on its node
+    images = page.wait_for(f"(() => {{ const n = window.conduitTest.node({save_id}); "
+                           "return n && (n.imgs.length ? n.imgs : n.images.length ? n.images : null); })()",
+                           timeout=60)
+    assert any("/view?" in src and "filename=" in src for src in images), images
+    page.js("window.conduitTest.fit()")
+    time.sleep(0.5)
+    page.screenshot(shots / f"editor_demo_run_{host_tag(editor_server)}.png")
+
+
+@pytest.mark.parametrize("name", ["balanced_style_sdxl", "sow_mllm"])
+def test_screenshot_of_the_tall_workflows(page, editor_server, shots, name):
+    """Screenshots for the record: the workflows whose tall nodes used to be covered by the node below."""
+    ui = json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())
+    nodes = page.js(f"window.conduitTest.load({json.dumps(ui)})")
+    assert not overlaps(nodes)
+    page.js("window.conduitTest.fit()")
+    time.sleep(0.5)
+    assert page.screenshot(shots / f"editor_{name}_{host_tag(editor_server)}.png").stat().st_size > 10_000
