@@ -62,9 +62,17 @@ def object_info(editor_server):
     return editor_server.client().object_info()
 
 
+def skip_unless_host_has(path, object_info: dict) -> dict:
+    ui = json.loads(path.read_text())
+    missing = sorted({n["type"] for n in ui["nodes"]} - set(object_info))
+    if missing:
+        pytest.skip(f"this ComfyUI has no {', '.join(missing)} (the pinned 2024 host predates SD3/Flux)")
+    return ui
+
+
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_ui_workflow_loads_with_known_nodes_and_its_widget_values(page, path, object_info):
-    ui = json.loads(path.read_text())
+    ui = skip_unless_host_has(path, object_info)
     before = len(page.exceptions)
     nodes = page.js(f"window.conduitTest.load({json.dumps(ui)})")
     assert len(nodes) == len(ui["nodes"])
@@ -78,8 +86,8 @@ def test_ui_workflow_loads_with_known_nodes_and_its_widget_values(page, path, ob
 
 
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
-def test_no_node_covers_another_and_none_hides_its_widgets(page, path):
-    nodes = page.js(f"window.conduitTest.load({json.dumps(json.loads(path.read_text()))})")
+def test_no_node_covers_another_and_none_hides_its_widgets(page, path, object_info):
+    nodes = page.js(f"window.conduitTest.load({json.dumps(skip_unless_host_has(path, object_info))})")
     assert not overlaps(nodes), overlaps(nodes)
     small = [(n["id"], n["type"], n["size"], n["min"]) for n in nodes
              if n["size"][0] + 1 < n["min"][0] or n["size"][1] + 1 < n["min"][1]]
