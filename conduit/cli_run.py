@@ -104,7 +104,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
             if "_meta" in node:
                 complete[nid]["_meta"] = node["_meta"]
         path.write_text(json.dumps(complete, indent=1) + "\n")
-        ui_path = path.with_name(workflow.workflow_name(path) + ".json")
+        ui_path = workflow.EXAMPLES_DIR / (workflow.workflow_name(path) + ".json")
         ui_path.write_text(json.dumps(ui, indent=1) + "\n")
         print(f"{path.name} -> {ui_path.name}")
     return 0

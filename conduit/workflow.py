@@ -14,7 +14,10 @@ from typing import Any
 from .errors import UsageError
 from .host import REPO_ROOT
 
-WORKFLOW_DIR = REPO_ROOT / "workflows"
+# API-format twins (the runner, the demo and the tests read them) live one level down, so ComfyUI's template
+# browser, which lists every workflows/*.json and example_workflows/*.json, shows the editor workflows only.
+WORKFLOW_DIR = REPO_ROOT / "workflows" / "api"
+EXAMPLES_DIR = REPO_ROOT / "example_workflows"  # the editor (UI-format) twins, with a .jpg thumbnail each
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 SEED_NAMES = {"seed", "noise_seed"}
 
@@ -25,12 +28,42 @@ TEST_LOADERS = {
 }
 DEMO_LOADER = "ConduitDemoToyModelLoader"
 
+# Where the editor's missing-model prompt can fetch the files the example workflows load (properties.models of
+# their loader nodes): file name -> (download URL, ComfyUI models folder). Only the publishers' own files.
+MODEL_SOURCES = {
+    "sd_xl_base_1.0.safetensors": (
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+        "checkpoints"),
+    "v2-1_512-ema-pruned.safetensors": (
+        "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/v2-1_512-ema-pruned.safetensors",
+        "checkpoints"),
+    "controlnet-canny-sdxl-1.0.safetensors": (
+        "https://huggingface.co/diffusers/controlnet-canny-sdxl-1.0/resolve/main/diffusion_pytorch_model.safetensors",
+        "controlnet"),
+    "flux1-dev.safetensors": (
+        "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors", "diffusion_models"),
+    "ae.safetensors": ("https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors", "vae"),
+    "clip_l.safetensors": (
+        "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors", "text_encoders"),
+    "t5xxl_fp16.safetensors": (
+        "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
+        "text_encoders"),
+}
+MODEL_INPUTS = ("ckpt_name", "control_net_name", "unet_name", "vae_name", "clip_name", "clip_name1", "clip_name2",
+                "lora_name")
+
+
+def model_properties(inputs: dict) -> list[dict]:
+    """properties.models of a loader node: the files it loads that MODEL_SOURCES knows."""
+    return [{"name": v, "url": MODEL_SOURCES[v][0], "directory": MODEL_SOURCES[v][1]}
+            for k, v in inputs.items() if k in MODEL_INPUTS and isinstance(v, str) and v in MODEL_SOURCES]
+
 
 API_SUFFIX = ".api.json"
 
 
 def short_names() -> list[str]:
-    """The shipped API workflows by short name: workflows/<name>.api.json -> <name>."""
+    """The shipped API workflows by short name: workflows/api/<name>.api.json -> <name>."""
     return sorted(p.name[: -len(API_SUFFIX)] for p in WORKFLOW_DIR.glob(f"*{API_SUFFIX}"))
 
 
@@ -60,6 +93,8 @@ def resolve_workflow(text: str) -> Path:
     candidates = [path] if raw.endswith(".json") else [Path(raw + API_SUFFIX), path]
     if not path.is_absolute():
         candidates += [REPO_ROOT / c for c in candidates]
+        if path.parts[:1] == ("workflows",) and len(path.parts) == 2:  # the layout before workflows/api/
+            candidates += [WORKFLOW_DIR / c.name for c in candidates[:2]]
     for c in candidates:
         if c.is_file():
             return c
@@ -316,7 +351,9 @@ def ui_from_api(graph: dict, object_info: dict) -> dict:
         nodes.append({"id": ids[nid], "type": node["class_type"], "pos": [0, 0], "_col": col,
                       "size": list(node_size(info, inputs, widgets)), "flags": {}, "order": 0, "mode": 0,
                       "inputs": inputs,
-                      "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
+                      "outputs": [], "properties": {"Node name for S&R": node["class_type"],
+                                                   **({"models": models} if (models := model_properties(
+                                                       node["inputs"])) else {})},
                       "widgets_values": widgets,
                       **({"title": node["_meta"]["title"]} if node.get("_meta", {}).get("title") else {})})
     for n, nid in zip(nodes, sorted(graph, key=lambda n: ids[n])):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conduit.host import REPO_ROOT, find_host
+from conduit import workflow
+from conduit.host import find_host
 from conduit.inputs import write_inputs
 from conduit.server import TEST_NODES, ComfyServer
 from tests.editor.cdp import Browser, find_browser
@@ -32,7 +33,7 @@ def placeholder_models(root: Path) -> dict[str, Path]:
     import json
 
     folders: dict[str, Path] = {}
-    for path in (REPO_ROOT / "workflows").glob("*.api.json"):
+    for path in workflow.WORKFLOW_DIR.glob("*.api.json"):
         for node in json.loads(path.read_text()).values():
             for name, value in node.get("inputs", {}).items():
                 if name in MODEL_INPUTS and isinstance(value, str):

@@ -9,10 +9,9 @@ import time
 import pytest
 
 from conduit import workflow
-from conduit.host import REPO_ROOT
 from tests.editor.conftest import host_tag
 
-UI_WORKFLOWS = sorted(p for p in (REPO_ROOT / "workflows").glob("*.json") if not p.name.endswith(".api.json"))
+UI_WORKFLOWS = sorted(workflow.EXAMPLES_DIR.glob("*.json"))
 
 
 def declared_ids() -> set[str]:
@@ -80,7 +79,7 @@ def test_ui_workflow_loads_with_known_nodes_and_its_widget_values(page, path, ob
     assert not unknown, f"missing nodes in the editor: {unknown}"
     # the editor's own UI -> API conversion gives the API twin: every widget value sits on its input
     prompt = page.js("window.conduitTest.prompt()")
-    twin = path.with_name(path.stem + ".api.json")
+    twin = workflow.WORKFLOW_DIR / f"{path.stem}.api.json"
     assert declared_only(workflow.strip_meta(prompt), object_info) == workflow.strip_meta(json.loads(twin.read_text()))
     assert not page.exceptions[before:], page.exceptions[before:]  # nothing thrown while loading it
 
@@ -133,9 +132,25 @@ def test_a_workflow_queued_from_the_page_runs_on_the_demo_model_and_shows_its_ou
 @pytest.mark.parametrize("name", ["balanced_style_sdxl", "sow_mllm"])
 def test_screenshot_of_the_tall_workflows(page, editor_server, shots, name):
     """Screenshots for the record: the workflows whose tall nodes used to be covered by the node below."""
-    ui = json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())
+    ui = json.loads((workflow.EXAMPLES_DIR / f"{name}.json").read_text())
     nodes = page.js(f"window.conduitTest.load({json.dumps(ui)})")
     assert not overlaps(nodes)
     page.js("window.conduitTest.fit()")
     time.sleep(0.5)
     assert page.screenshot(shots / f"editor_{name}_{host_tag(editor_server)}.png").stat().st_size > 10_000
+
+
+def test_the_template_browser_lists_the_editor_workflows_with_thumbnails(page, editor_server):
+    """ComfyUI's template browser (current ComfyUI) gets exactly the editor workflows, not their API twins, and
+    every template with a committed thumbnail serves it."""
+    listed = page.js("fetch('/api/workflow_templates').then(r => r.ok ? r.json() : null)")
+    if listed is None:
+        pytest.skip("this ComfyUI has no template browser route (/workflow_templates came after the 2024 host)")
+    from conduit.server import PACK_FOLDER
+
+    assert sorted(listed[PACK_FOLDER]) == sorted(p.stem for p in UI_WORKFLOWS)
+    thumbs = sorted(p.stem for p in workflow.EXAMPLES_DIR.glob("*.jpg"))
+    assert len(thumbs) >= 6
+    for name in thumbs:
+        status = page.js(f"fetch('/api/workflow_templates/{PACK_FOLDER}/{name}.jpg').then(r => r.status)")
+        assert status == 200, name

@@ -97,10 +97,10 @@ def test_bad_graph_reports_the_node_error(comfy_server):
             assert part in msg, (part, msg)
 
 
-@pytest.mark.parametrize("path", sorted((REPO_ROOT / "workflows").glob("*.api.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(workflow.WORKFLOW_DIR.glob("*.api.json")), ids=lambda p: p.name)
 def test_ui_workflow_matches_api_workflow(path, object_info):
     """Every shipped UI workflow converts to its API twin (same nodes, links and widget values)."""
-    ui_path = path.with_name(path.name.replace(".api.json", ".json"))
+    ui_path = workflow.EXAMPLES_DIR / path.name.replace(".api.json", ".json")
     assert ui_path.exists(), f"missing UI-format twin {ui_path.name}; run: python -m conduit ui {path.name}"
     api = workflow.strip_meta(json.loads(path.read_text()))
     missing = sorted({n["class_type"] for n in api.values()} - set(object_info))

@@ -18,9 +18,10 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKERS = REPO / ".venv-checkers" / "bin"
-RUNTIME = ("__init__.py", "nodes", "patches", "toyworld", "sensitivity_tables", "web", "pyproject.toml",
+RUNTIME = ("__init__.py", "nodes", "patches", "toyworld", "sensitivity_tables", "web", "example_workflows",
+           "pyproject.toml",
            "README.md", "requirements.txt")
-DEV_ONLY = ("tests", "bench", "eval", "scripts", "conduit", ".ci", "Makefile", "constraints-dev.txt",
+DEV_ONLY = ("tests", "bench", "eval", "scripts", "conduit", "workflows", ".ci", "Makefile", "constraints-dev.txt",
             "requirements-dev.txt")
 needs_checkers = pytest.mark.skipif(not (CHECKERS / "comfy").is_file() or not (CHECKERS / "comfy-test").is_file(),
                                     reason="registry tools not installed: run `make checkers` (comfy-cli and "

@@ -230,7 +230,7 @@ def test_workflow_mistakes(tmp_path):
     with pytest.raises(UsageError, match=r"bad.api.json is not valid JSON \(line 1, column 41"):
         workflow.load_api(str(bad))
     with pytest.raises(UsageError, match="is an editor \\(UI-format\\) workflow.*seg_sdxl.api.json"):
-        workflow.load_api("workflows/seg_sdxl.json")
+        workflow.load_api("example_workflows/seg_sdxl.json")
     (tmp_path / "list.api.json").write_text("[1, 2]")
     with pytest.raises(UsageError, match="not an API-format workflow"):
         workflow.load_api(str(tmp_path / "list.api.json"))
