@@ -43,6 +43,12 @@ MODEL_SOURCES = {
     "flux1-dev.safetensors": (
         "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors", "diffusion_models"),
     "ae.safetensors": ("https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors", "vae"),
+    "sd3.5_large.safetensors": (
+        "https://huggingface.co/stabilityai/stable-diffusion-3.5-large/resolve/main/sd3.5_large.safetensors",
+        "checkpoints"),
+    "clip_g.safetensors": (
+        "https://huggingface.co/stabilityai/stable-diffusion-3.5-large/resolve/main/text_encoders/clip_g.safetensors",
+        "text_encoders"),
     "clip_l.safetensors": (
         "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors", "text_encoders"),
     "t5xxl_fp16.safetensors": (
@@ -50,7 +56,7 @@ MODEL_SOURCES = {
         "text_encoders"),
 }
 MODEL_INPUTS = ("ckpt_name", "control_net_name", "unet_name", "vae_name", "clip_name", "clip_name1", "clip_name2",
-                "lora_name")
+                "clip_name3", "lora_name")
 
 
 def model_properties(inputs: dict) -> list[dict]:

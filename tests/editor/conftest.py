@@ -24,7 +24,8 @@ READY = "Boolean(window.conduitTest && window.conduitTest.ready)"
 _SERVER: ComfyServer | None = None
 # the model files the example workflows name, by the loader input that names them
 MODEL_INPUTS = {"ckpt_name": "checkpoints", "control_net_name": "controlnet", "lora_name": "loras",
-                "vae_name": "vae"}
+                "vae_name": "vae", "unet_name": "diffusion_models", "clip_name1": "text_encoders",
+                "clip_name2": "text_encoders", "clip_name3": "text_encoders"}
 
 
 def placeholder_models(root: Path) -> dict[str, Path]:
