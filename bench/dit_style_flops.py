@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             for strength in args.strength:
                 mean, worst, shared = ratios(side, 1, strength, args.rows)
                 print(f"| {side * 8}x{side * 8} | {strength:.3g} | 1 | {mean:.4f} | {worst:.4f} | {shared:.1f} "
-                      f"| ≤2.1 |")
+                      f"| <=2.1 |")
     return 0
 
 
