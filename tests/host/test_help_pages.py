@@ -45,3 +45,19 @@ def test_technique_nodes_name_their_paper_and_docs_section():
         text = pages[f"{node_id}.md"]
         assert "Technique paper: " in text and "## From the docs: " in text, node_id
         assert "](docs/" not in text and "](../" not in text, node_id  # links work outside the repository
+
+
+def test_pictures_are_the_template_thumbnails_and_are_committed():
+    import re
+
+    pages = help_pages.render_all(nodes.declared_nodes())
+    shown = 0
+    for name, text in pages.items():
+        for rel in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+            path = help_pages.HELP_DIR / rel
+            assert path.is_file(), f"{name} shows {rel}, which is not committed; {FIX}"
+            thumb = help_pages.EXAMPLES / path.name
+            if thumb.is_file():
+                assert path.read_bytes() == thumb.read_bytes(), f"{rel} is an old thumbnail; {FIX}"
+            shown += 1
+    assert shown >= 8  # the nodes of the templates the demo model runs
