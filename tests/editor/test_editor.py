@@ -154,3 +154,17 @@ def test_the_template_browser_lists_the_editor_workflows_with_thumbnails(page, e
     for name in thumbs:
         status = page.js(f"fetch('/api/workflow_templates/{PACK_FOLDER}/{name}.jpg').then(r => r.status)")
         assert status == 200, name
+
+
+def test_every_node_help_page_and_its_picture_are_served_where_the_editor_looks(page):
+    """The editor fetches /extensions/<pack folder>/docs/<NodeId>.md (current ComfyUI's help panel) and renders
+    images relative to it; the pack's WEB_DIRECTORY serves both, on either host."""
+    from conduit.server import PACK_FOLDER
+
+    base = f"/extensions/{PACK_FOLDER}/docs"
+    for node_id in sorted(declared_ids()):
+        text = page.js(f"fetch('{base}/{node_id}.md').then(r => r.ok ? r.text() : null)")
+        assert text and text.splitlines()[2].startswith("# Conduit"), node_id
+        for rel in [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]:
+            assert page.js(f"fetch('{base}/{rel}').then(r => r.status)") == 200, (node_id, rel)
+    assert page.js(f"fetch('/extensions/{PACK_FOLDER}/js/conduit_text.js').then(r => r.status)") == 200
