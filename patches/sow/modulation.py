@@ -72,8 +72,8 @@ def make_replace(config: SowConfig, sampling):
             heads = extra["n_heads"]
             grid = token_grid(tuple(extra["original_shape"][-2:]), q.shape[1])
             reg = config.regions(grid, q.device, q.dtype)
-            if not reg.active:
-                return inner(q, k, v, extra)
+            if not reg.active or not bool(reg.f.any()):  # a zero bias (suppress = enhance = 0): plain attention,
+                return inner(q, k, v, extra)  # bit for bit, not the augmented form's rounding of it
             b = q.shape[0]
             scale = torch.full((b,), w_t, device=q.device, dtype=torch.float32)
             if config.cond_only and "cond_or_uncond" in extra:
