@@ -44,6 +44,8 @@ log = logging.getLogger("train_toy")
 DEFAULT_OUT = ROOT / "toyworld" / "weights" / "toy_sd15.safetensors"
 DEFAULT_WORK = ROOT / ".cache" / "toy_train"
 DEFAULT_CN_OUT = ROOT / "toyworld" / "weights" / "toy_controlnet.safetensors"
+VAE_STEPS = 1000
+VAE_LR = 3e-4
 
 
 def parse_args(argv=None):
@@ -53,13 +55,16 @@ def parse_args(argv=None):
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--vae-steps", type=int, default=2790)
+    p.add_argument("--vae-init", type=Path, default=None,
+                   help="start the VAE from this toy model file's vae.* (a fine-tune) instead of seeded weights")
+    p.add_argument("--vae-steps", type=int, default=VAE_STEPS)
     p.add_argument("--vae-batch", type=int, default=8)
-    p.add_argument("--vae-lr", type=float, default=1e-3)
-    p.add_argument("--data", type=int, default=10000, help="training images encoded for the UNet")
-    p.add_argument("--unet-steps", type=int, default=16000)
+    p.add_argument("--vae-lr", type=float, default=VAE_LR)
+    p.add_argument("--data", type=int, default=12000, help="training images encoded for the UNet")
+    p.add_argument("--unet-steps", type=int, default=13000)
     p.add_argument("--unet-batch", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=5e-4)
+    p.add_argument("--unet-lr-end", type=float, default=0.1, help="cosine decay to this share of --unet-lr")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond-p", type=float, default=0.1)
     p.add_argument("--vae-max-minutes", type=float, default=0.0, help="stop the VAE stage early after this long")
@@ -127,9 +132,30 @@ def new_vae(seed: int):
     return ae
 
 
+def initial_vae(args):
+    """Seeded weights, or (--vae-init) the VAE of an earlier toy model file: the shipped v2 VAE is a
+    fine-tune of the v1 model's VAE on the v2 world."""
+    ae = new_vae(args.seed + 2)
+    if args.vae_init is not None:
+        from safetensors.torch import load_file
+
+        from conduit_pack.toyworld import demo_model as toy
+
+        ae.load_state_dict(toy.split_state(load_file(str(args.vae_init)))["vae"], strict=True)
+    return ae
+
+
+def vae_init_record(args) -> dict | None:
+    if args.vae_init is None:
+        return None
+    import hashlib
+
+    return {"file": args.vae_init.name, "sha256": hashlib.sha256(args.vae_init.read_bytes()).hexdigest()[:16]}
+
+
 def train_vae(args) -> None:
     path = args.work / "vae.pt"
-    ae = new_vae(args.seed + 2)
+    ae = initial_vae(args)
     opt = torch.optim.Adam(ae.parameters(), lr=args.vae_lr, betas=(0.9, 0.99))
     step = 0
     if path.exists():
@@ -160,7 +186,7 @@ def train_vae(args) -> None:
             bar.set_postfix(mse=f"{np.mean(recent[-20:]):.4f}")
         if step % args.ckpt_every == 0 or step == args.vae_steps or stop():
             torch.save({"model": ae.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "mse": float(np.mean(recent[-50:]))}, path)
+                        "mse": float(np.mean(recent[-50:])), "init": json.dumps(vae_init_record(args))}, path)
             log.info("vae step %d mse %.5f", step, np.mean(recent[-50:]))
         if stop():
             log.warning("vae stopped early at step %d (--vae-max-minutes)", step)
@@ -228,8 +254,9 @@ def encode_dataset(args) -> None:
     scale = 0.18215  # ComfyUI's SD15 latent_format.scale_factor
     state, stats = rescaled_vae_state(ae, scale, args.seed)
     ae.load_state_dict(state)
-    captions = [world.caption(c, t, s, b) for (c, t, s) in world.all_triples("all") for b in world.BACKGROUNDS]
+    captions = world.caption_variants()  # every training caption variant, "" last
     index = {c: i for i, c in enumerate(captions)}
+    drops = list(world.CAPTION_DROP)
     means, stds, labels = [], [], []
     bar = progress(args.data, 0, "encode")
     chunk = 64
@@ -241,21 +268,32 @@ def encode_dataset(args) -> None:
             moments = ae.quant_conv(ae.encoder(x))
             means.append(moments[:, :4].half())
             stds.append(torch.exp(0.5 * moments[:, 4:].clamp(-30, 20)).half())
-            labels.extend(index[s.spec.caption] for s in samples)
+            labels.extend([index[world.caption_variant(s.spec, d)] for d in drops] for s in samples)
             bar.update(n)
     bar.close()
     clip = frozen_clip(args.seed + 1)
-    ctx = encode_captions(clip, captions + [""])
+    ctx = encode_captions(clip, captions)
     all_lat = torch.cat(means).float()
     stats.update(latent_mean_after=all_lat.mean(dim=(0, 2, 3)).tolist(),
                  latent_std_after=(all_lat * scale).std(dim=(0, 2, 3)).tolist())
     log.info("latent stats %s", stats)
+    # labels[i, k]: the caption of image i with the style words dropped as CAPTION_DROP's k-th key says
     torch.save({"mean": torch.cat(means), "std": torch.cat(stds), "labels": torch.tensor(labels),
+                "drop_p": [world.CAPTION_DROP[d] for d in drops],
                 "captions": captions, "ctx": ctx, "vae_state": state, "stats": stats,
                 "clip_state": {k: v.half() for k, v in clip.cond_stage_model.state_dict().items()}}, path)
 
 
 # ---------------------------------------------------------------- UNet
+def _drop_p() -> list[float]:
+    from conduit_pack.toyworld import world
+
+    return list(world.CAPTION_DROP.values())
+
+
+DROP_P: list[float] = []  # set by main() from world.CAPTION_DROP (the world module needs the pack imported)
+
+
 def clone_layernorm_inputs(unet: torch.nn.Module) -> None:
     """ComfyUI's transformer blocks add in place (x += n) after LayerNorm saved x; train on a copy."""
     for m in unet.modules():
@@ -270,13 +308,16 @@ def training_inputs(model, data: dict):
 
 
 def draw_batch(gen, encoded, count: int, batch: int, uncond_p: float, sigmas, scale: float):
-    """One training draw from the first `count` encoded images: (idx, x0, context, sigma, noise); a share
-    uncond_p of the captions replaced by the empty one (the last row of ctx)."""
+    """One training draw from the first `count` encoded images: (idx, x0, context, sigma, noise); each
+    caption a variant drawn with world.CAPTION_DROP's shares (style words kept or dropped), then a share
+    uncond_p replaced by the empty one (the last row of ctx)."""
     mean, std, labels, ctx = encoded
     idx = torch.randint(0, count, (batch,), generator=gen)
     z = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
     x0 = z * scale  # latent_format.process_in
-    cap = labels[idx].clone()
+    drop_p = torch.tensor(DROP_P)
+    variant = torch.multinomial(drop_p, batch, replacement=True, generator=gen)
+    cap = labels[idx, variant].clone()
     cap[torch.rand(batch, generator=gen) < uncond_p] = len(ctx) - 1  # the "" caption
     t = torch.randint(0, len(sigmas), (batch,), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
@@ -300,11 +341,23 @@ def optimizer_step(opt, params, loss: torch.Tensor, lr: float) -> None:
     opt.step()
 
 
+def unet_lr(args, step: int) -> float:
+    """200-step linear warm-up, then a cosine decay to --unet-lr-end x --unet-lr at --unet-steps."""
+    import math
+
+    warm = min(1.0, (step + 1) / 200)
+    progress_ = min(1.0, step / max(args.unet_steps, 1))
+    end = args.unet_lr_end
+    return args.unet_lr * warm * (end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress_)))
+
+
 def train_unet(args) -> None:
     from conduit_pack.toyworld import build
 
     data = torch.load(args.work / "latents.pt", weights_only=True)
-    mp = build.build_unet("sd15", args.seed)
+    from conduit_pack.toyworld import demo_model as toy
+
+    mp = build.build_unet(toy.FAMILY, args.seed)
     model = mp.model
     unet = model.diffusion_model
     zero_last_layers(unet, ("out.2", "out_layers.3", "proj_out"))
@@ -332,7 +385,7 @@ def train_unet(args) -> None:
     while step < args.unet_steps:
         _, x0, c, sigma, noise = draw_batch(gen, encoded, n, args.unet_batch, args.uncond_p, sigmas, scale)
         loss = eps_loss(model, x0, sigma, noise, c)
-        optimizer_step(opt, unet.parameters(), loss, args.unet_lr * min(1.0, (step + 1) / 200))
+        optimizer_step(opt, unet.parameters(), loss, unet_lr(args, step))
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
@@ -368,7 +421,7 @@ def silhouettes(data: dict, seed: int) -> torch.Tensor:
     from conduit_pack.toyworld import world
 
     specs = [world.spec_at(i, seed, "train") for i in range(len(data["labels"]))]
-    if any(data["captions"][int(data["labels"][i])] != specs[i].caption for i in range(0, len(specs), 97)):
+    if any(data["captions"][int(data["labels"][i, 0])] != specs[i].caption for i in range(0, len(specs), 97)):
         raise SystemExit("latents.pt does not hold the --seed training stream: re-run --stage encode")
     return torch.from_numpy(np.stack([world.shape_mask(spec) for spec in specs]))[:, None]
 
@@ -453,7 +506,7 @@ def train_controlnet(args) -> None:
     val = dict(x0=(mean[vidx] + std[vidx] * torch.randn(mean[vidx].shape, generator=vgen)) * scale,
                sigma=sigmas[torch.randint(0, len(sigmas), (CN_VAL,), generator=vgen)],
                noise=torch.randn(mean[vidx].shape, generator=vgen), hint=hints[vidx].expand(-1, 3, -1, -1),
-               c=ctx[labels[vidx]])
+               c=ctx[labels[vidx, 0]])
 
     def val_loss(with_control: bool) -> float:
         with torch.no_grad():
@@ -505,7 +558,7 @@ def export_controlnet(args, control, step: int, history: dict, fingerprint: str)
 
     recipe = {
         "model": "Conduit toy ControlNet (demo only): ComfyUI ControlNet for the toy UNet, hint = shape silhouette",
-        "hint": "64x64 RGB, the shape's coverage white on black (toy.world.silhouette)",
+        "hint": "64x64 RGB, the shape's coverage white on black (toy.world.silhouette)", "world": "v2",
         "seed": args.seed + CN_SEED_OFFSET, "toy_recipe_unet": toy.read_recipe(str(args.toy_weights)).get("unet"),
         "unet_fingerprint": fingerprint,
         "controlnet": {"steps": step, "batch": args.cn_batch, "lr": args.cn_lr, "uncond_p": args.cn_uncond_p,
@@ -525,6 +578,9 @@ def export_controlnet(args, control, step: int, history: dict, fingerprint: str)
 def export(args, data=None, ema=None, unet_step=None, unet_loss=None) -> None:
     from safetensors.torch import save_file
 
+    from conduit_pack.toyworld import build, world
+    from conduit_pack.toyworld import demo_model as toy
+
     data = data if data is not None else torch.load(args.work / "latents.pt", weights_only=True)
     if ema is None:
         ck = torch.load(args.work / "unet.pt", weights_only=True)
@@ -536,11 +592,16 @@ def export(args, data=None, ema=None, unet_step=None, unet_loss=None) -> None:
     tensors.update({f"clip.{k}": v.half().contiguous() for k, v in data["clip_state"].items()})
     recipe = {
         "model": "Conduit toy model (demo only): SD1.5-shaped tiny UNet, tiny KL VAE, frozen random tiny CLIP",
-        "image_size": 64, "seed": args.seed,
-        "vae": {"steps": vae_ck["step"], "batch": args.vae_batch, "lr": args.vae_lr, "mse": vae_ck.get("mse")},
+        "image_size": 64, "seed": args.seed, "world": "v2",
+        "world_settings": {"scene_p": world.SCENE_P, "caption_drop": world.CAPTION_DROP,
+                           "scenes": list(world.SCENES), "checker_cell": world.CHECK},
+        "vae": {"steps": vae_ck["step"], "batch": args.vae_batch, "lr": args.vae_lr, "mse": vae_ck.get("mse"),
+                "init": json.loads(vae_ck.get("init", "null"))},
         "data": args.data,
-        "unet": {"steps": unet_step, "batch": args.unet_batch, "lr": args.unet_lr, "ema": args.ema,
-                 "uncond_p": args.uncond_p, "loss": unet_loss},
+        "unet_topology": {k: v for k, v in build.FAMILIES[toy.FAMILY].items() if isinstance(v, (int, list))},
+        "unet": {"steps": unet_step, "target_steps": args.unet_steps, "batch": args.unet_batch,
+                 "lr": args.unet_lr, "lr_end": args.unet_lr_end, "schedule": "warm-up 200, cosine",
+                 "ema": args.ema, "uncond_p": args.uncond_p, "loss": unet_loss},
         "latent_stats": data["stats"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -556,6 +617,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     setup_host()
+    DROP_P[:] = _drop_p()
     stages = ["vae", "encode", "unet", "export"] if args.stage == "all" else [args.stage]
     for stage in stages:
         t0 = time.time()

@@ -42,6 +42,18 @@ SD15_UNET = {
     "use_linear_in_transformer": False,
 }
 
+# The demo toy model's UNet (toy world v2): SD1.5's block types with one down-sampling level less, so on
+# 8x8 latents the attention grids are 8x8 (input 1, output 2..3) and 4x4 (input 3, middle 0, output 0..1):
+# SEG's default middle block has a 4x4 token grid to blur. 64 channels at both levels (1.7 M parameters).
+TOY_SD15_UNET = {
+    **SD15_UNET,
+    "model_channels": 64,
+    "channel_mult": [1, 1],
+    "num_res_blocks": [1, 1],
+    "transformer_depth": [1, 1],
+    "transformer_depth_output": [1, 1, 1, 1],
+}
+
 # SD2.x-shaped: linear projections in the transformers, v-prediction like SD2.1-768.
 SD2_UNET = {**SD15_UNET, "use_linear_in_transformer": True}
 
@@ -75,8 +87,11 @@ SDXL_UNET = sdxl_unet(channels=32, channel_mult=[1, 2, 2], res_blocks=1, depth=1
 SDXL_FULL_UNET = sdxl_unet(channels=320, channel_mult=[1, 2, 4], res_blocks=2, depth=2, depth_low=10,
                            context_dim=2048, adm_in_channels=2816, image_size=128)
 
-FAMILIES = {"sd15": SD15_UNET, "sd2": SD2_UNET, "sdxl": SDXL_UNET, "sdxl_full": SDXL_FULL_UNET}
-HEAD_CHANNELS = {"sd15": 16, "sd2": 16, "sdxl": 16, "sdxl_full": 64}
+FAMILIES = {"sd15": SD15_UNET, "sd2": SD2_UNET, "sdxl": SDXL_UNET, "sdxl_full": SDXL_FULL_UNET,
+            "toy_sd15": TOY_SD15_UNET}
+HEAD_CHANNELS = {"sd15": 16, "sd2": 16, "sdxl": 16, "sdxl_full": 64, "toy_sd15": 16}
+# Topologies that ComfyUI builds with its SD1.5 classes (the rest: SD2.x or SDXL).
+SD15_CLASS = ("sd15", "toy_sd15")
 POOLED_DIM = {"sdxl": 32, "sdxl_full": 1280}
 
 TINY_VAE_DDCONFIG = {
@@ -113,7 +128,7 @@ def _model_config(family: str):
     import comfy.supported_models as sm
 
     unet = dict(FAMILIES[family])
-    cls = {"sd15": sm.SD15, "sd2": sm.SD20}.get(family, sm.SDXL)
+    cls = sm.SD15 if family in SD15_CLASS else {"sd2": sm.SD20}.get(family, sm.SDXL)
     mc = cls(unet)
     if family == "sd2":
         import comfy.model_base
@@ -170,7 +185,7 @@ def build_clip(family: str = "sdxl", seed: int = 0, state_dict: dict | None = No
     import comfy.sd1_clip as sd1_clip
     import comfy.sdxl_clip as sdxl_clip
 
-    if family in ("sd15", "sd2"):  # SD2's text encoder only differs in size, which is tiny here anyway
+    if family in (*SD15_CLASS, "sd2"):  # SD2's text encoder only differs in size, which is tiny here anyway
         clip_cls = functools.partial(
             sd1_clip.SD1ClipModel, clip_model=sd1_clip.SDClipModel,
             textmodel_json_config=os.path.join(CONFIG_DIR, "clip_tiny_sd15.json"))

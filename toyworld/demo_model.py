@@ -1,6 +1,6 @@
 """Load the trained toy model (demo only): one safetensors file holding unet.*, vae.* and clip.* weights.
 
-The topology is toyworld/build.py's tiny "sd15" family, so the pack sees it as an SD1.5 model; images are
+The topology is toyworld/build.py's "toy_sd15" (SD1.5 classes), so the pack sees an SD1.5 model; images are
 64x64 (8x8 latents). scripts/train_toy.py writes the file and records its recipe in the metadata.
 Its toy ControlNet (hint: the shape's silhouette, white on black) is a second file, trained against one
 particular toy UNet by `scripts/train_toy.py --stage controlnet`.
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "toy_sd15.safetensors")
 CONTROLNET_WEIGHTS = os.path.join(os.path.dirname(WEIGHTS), "toy_controlnet.safetensors")
-FAMILY = "sd15"
+FAMILY = "toy_sd15"  # build.TOY_SD15_UNET: SD1.5 classes, one down-sampling level less
 IMAGE_SIZE = 64
 
 

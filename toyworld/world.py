@@ -1,7 +1,19 @@
-"""The toy world: procedural 64x64 images of one textured shape on a plain background, with captions.
+"""The toy world (v2): procedural 64x64 images of one textured shape on a background, with captions.
 
 Everything is deterministic from a seed (numpy Generator + PIL drawing), so the training set, the
 held-out captions and every evaluation reference can be regenerated bit for bit.
+
+v2 leaves room for each technique's effect (docs/toy_world.md):
+  * backgrounds are either one of four plain colours, which the caption names, or a procedural scene
+    (gradient, bands, blobs, stripes at a random angle, in random muted colours) that the caption never
+    names: no prompt can redraw a given scene, so only a technique that keeps it can (Abs-Grad-SAM, COW);
+  * training captions drop the colour and/or texture word (`caption_variant`), so "a star on a gray
+    background" samples varied styles and a style reference is the only thing that can set them
+    (Balanced Style);
+  * "speckled" is a random 8 px block pattern, different for every seed: an identity inside the shape that
+    no caption can name (COW's condition).
+Invariant the measures rely on: subjects are saturated palette colours, every background is desaturated
+(`MAX_BG_SATURATION`), so the subject is found by saturation on any background.
 """
 from __future__ import annotations
 
@@ -30,11 +42,20 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (25, 25, 25),
     "beige": (200, 185, 150),
 }
+# Procedural scenes: never named by a caption (a caption without "on a ... background" means a scene).
+SCENES = ("gradient", "bands", "blobs", "stripes")
+ALL_BACKGROUNDS = tuple(BACKGROUNDS) + SCENES
+SCENE_P = 0.5  # share of training images on a scene
+# Scene colours stay muted (saturation (max-min)/max at most this), palette colours are above 0.7.
+MAX_BG_SATURATION = 0.3
+# Training caption variants: keep both style words, drop both, drop the colour only, drop the texture only.
+CAPTION_DROP = {"keep": 0.4, "both": 0.3, "color": 0.15, "texture": 0.15}
 # The texture's second tone: the shape's colour darkened, so every texture keeps the asked-for hue.
 DARK = 0.4
 # Stripes, dots and checks repeat every 16 px (two latent cells) and speckles are 8 px blocks, so the
 # 8x-down-sampling VAE can carry every texture in the latent itself instead of inventing it while decoding.
 PERIOD = 16
+CHECK = 12
 
 
 def held_out(color: str, texture: str, shape: str) -> bool:
@@ -71,8 +92,26 @@ class Spec:
         return caption(self.color, self.texture, self.shape, self.background)
 
 
-def caption(color: str, texture: str, shape: str, background: str) -> str:
-    return f"a {color} {texture} {shape} on a {background} background"
+def caption(color: str | None, texture: str | None, shape: str, background: str | None) -> str:
+    """'a red striped star on a gray background'; None leaves a word out, and a scene (or None) background
+    leaves the background phrase out: 'a star' is a star of any style on some scene."""
+    words = " ".join(w for w in (color, texture, shape) if w)
+    where = f" on a {background} background" if background in BACKGROUNDS else ""
+    return f"a {words}{where}"
+
+
+def caption_variants() -> list[str]:
+    """Every caption the training can draw (colour and texture optional, plain background or none), then ""."""
+    out = [caption(c, t, s, b) for c in (None, *COLORS) for t in (None, *TEXTURES) for s in SHAPES
+           for b in (None, *BACKGROUNDS)]
+    return out + [""]
+
+
+def caption_variant(spec: "Spec", drop: str) -> str:
+    """The training caption of a spec with the style words dropped as CAPTION_DROP's key says."""
+    color = None if drop in ("both", "color") else spec.color
+    texture = None if drop in ("both", "texture") else spec.texture
+    return caption(color, texture, spec.shape, spec.background)
 
 
 @dataclass
@@ -87,7 +126,10 @@ def random_spec(rng: np.random.Generator, split: str = "train", seed: int = 0, *
     """Draw a spec; split "train" avoids held-out triples, "heldout" uses only them, "all" anything."""
     triples = all_triples(split)
     c, t, s = triples[int(rng.integers(len(triples)))]
-    bg = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
+    if rng.random() < SCENE_P:
+        bg = SCENES[int(rng.integers(len(SCENES)))]
+    else:
+        bg = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
     radius = float(rng.uniform(15.0, 22.0))
     margin = radius + 2.0
     cx = float(rng.uniform(margin, SIZE - margin))
@@ -148,13 +190,59 @@ def texture_pattern(texture: str, phase: tuple[int, int] = (0, 0), size: int = S
         dx = (xx + px) % PERIOD - PERIOD / 2 + 0.5
         dy = (yy + py) % PERIOD - PERIOD / 2 + 0.5
         return np.clip(4.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
-    if texture == "checkered":
-        return ((((xx + px) // (PERIOD / 2)) + ((yy + py) // (PERIOD / 2))) % 2).astype(np.float32)
+    if texture == "checkered":  # 12 px cells (v1's 8 px cells were exactly a latent cell and came out speckled)
+        return ((((xx + px) // CHECK) + ((yy + py) // CHECK)) % 2).astype(np.float32)
     if texture == "speckled":  # random 8x8-pixel blocks, about 40 % dark, on a random grid offset
         rng = rng or np.random.default_rng(0)
         cells = (rng.random((size // 8 + 2, size // 8 + 2)) < 0.4).astype(np.float32)
         return np.kron(cells, np.ones((8, 8), np.float32))[py % 8:py % 8 + size, px % 8:px % 8 + size]
     raise ValueError(f"unknown texture {texture!r}")
+
+
+def muted_color(rng: np.random.Generator) -> np.ndarray:
+    """A random desaturated colour: brightness 50-215, saturation at most MAX_BG_SATURATION."""
+    value = rng.uniform(50.0, 215.0)
+    tint = rng.uniform(-1.0, 1.0, 3)
+    tint -= tint.min()
+    tint /= max(float(tint.max()), 1e-6)  # in [0, 1], max 1
+    sat = rng.uniform(0.05, MAX_BG_SATURATION * 0.95)
+    return (value * (1.0 - sat * (1.0 - tint))).astype(np.float32)
+
+
+def scene(kind: str, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """A procedural background float32 [size, size, 3] in 0..255, from its own random stream."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) * (SIZE / size)
+    angle = rng.uniform(0.0, np.pi)
+    u = xx * np.cos(angle) + yy * np.sin(angle)  # coordinate along a random direction
+    if kind == "gradient":
+        a, b = muted_color(rng), muted_color(rng)
+        w = ((u - u.min()) / max(float(u.max() - u.min()), 1e-6))[..., None]
+        return a * (1 - w) + b * w
+    if kind == "bands":
+        count = int(rng.integers(2, 5))
+        cols = np.stack([muted_color(rng) for _ in range(count)])
+        cuts = np.sort(rng.uniform(u.min(), u.max(), count - 1))
+        return cols[np.searchsorted(cuts, u)]
+    if kind == "blobs":
+        img = np.broadcast_to(muted_color(rng), (size, size, 3)).copy()
+        for _ in range(int(rng.integers(3, 6))):
+            cx, cy, sd = rng.uniform(0, SIZE), rng.uniform(0, SIZE), rng.uniform(7.0, 14.0)
+            w = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sd * sd))[..., None]
+            img = img * (1 - w) + muted_color(rng) * w
+        return img
+    if kind == "stripes":
+        a, b = muted_color(rng), muted_color(rng)
+        period = rng.uniform(12.0, 20.0)
+        w = (((u + rng.uniform(0, period)) % period) < period / 2).astype(np.float32)[..., None]
+        return a * (1 - w) + b * w
+    raise ValueError(f"unknown scene {kind!r}")
+
+
+def background_image(spec: Spec, size: int = SIZE) -> np.ndarray:
+    """The spec's background alone, float32 [size, size, 3] in 0..255."""
+    if spec.background in BACKGROUNDS:
+        return np.broadcast_to(np.array(BACKGROUNDS[spec.background], np.float32), (size, size, 3)).copy()
+    return scene(spec.background, np.random.default_rng([spec.seed, 7]), size)
 
 
 def render(spec: Spec, size: int = SIZE) -> Sample:
@@ -163,7 +251,7 @@ def render(spec: Spec, size: int = SIZE) -> Sample:
     base = np.array(COLORS[spec.color], np.float32)
     pattern = texture_pattern(spec.texture, spec.phase, size, rng)[..., None]
     fg = base * (1.0 - pattern) + base * DARK * pattern
-    bg = np.broadcast_to(np.array(BACKGROUNDS[spec.background], np.float32), fg.shape)
+    bg = background_image(spec, size)
     img = bg * (1.0 - mask[..., None]) + fg * mask[..., None]
     return Sample(spec, np.clip(np.rint(img), 0, 255).astype(np.uint8), mask)
 
