@@ -44,7 +44,7 @@ log = logging.getLogger("train_toy")
 DEFAULT_OUT = ROOT / "toyworld" / "weights" / "toy_sd15.safetensors"
 DEFAULT_WORK = ROOT / ".cache" / "toy_train"
 DEFAULT_CN_OUT = ROOT / "toyworld" / "weights" / "toy_controlnet.safetensors"
-VAE_STEPS = 1000
+VAE_STEPS = 600
 VAE_LR = 3e-4
 
 
@@ -61,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-lr", type=float, default=VAE_LR)
     p.add_argument("--data", type=int, default=12000, help="training images encoded for the UNet")
-    p.add_argument("--unet-steps", type=int, default=12000)
+    p.add_argument("--unet-steps", type=int, default=10000)
     p.add_argument("--unet-batch", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=5e-4)
     p.add_argument("--unet-lr-end", type=float, default=0.1, help="cosine decay to this share of --unet-lr")
