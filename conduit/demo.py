@@ -6,13 +6,16 @@ import logging
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import workflow
+from . import demo_toy, workflow
+from . import jobs as jobs_mod
 from .cli_tables import render_heatmap
 from .errors import UsageError
 from .host import REPO_ROOT
 from .jobs import Job, native_size, open_servers, prepare_graph, run_jobs
 
 log = logging.getLogger(__name__)
+
+VANILLA = "__vanilla"  # job-name suffix of a workflow's side-by-side baseline
 
 
 def demo_graph(graph: dict, model: str) -> dict:
@@ -27,18 +30,67 @@ def demo_graph(graph: dict, model: str) -> dict:
     return g
 
 
-def needs_missing_files(graph: dict, model: str) -> str | None:
-    """The demo model ships no ControlNet; such workflows run in the server tests on a test ControlNet."""
-    if model != "embedded":
+def toy_jobs(names: list[str]) -> list[Job]:
+    """Every workflow made for the toy model (conduit/demo_toy.py), each followed by its vanilla txt2img."""
+    vanilla = demo_graph(workflow.load_api("txt2img_vanilla"), "embedded")
+    jobs = []
+    for n in names:
+        graph = demo_toy.adapt(n, demo_graph(workflow.load_api(n), "embedded"))
+        jobs.append(Job(n, graph))
+        base = demo_toy.vanilla_graph(n, graph, vanilla)
+        if base is not None:
+            jobs.append(Job(n + VANILLA, base))
+    return jobs
+
+
+def picture(job: Job, vanilla: Job | None, out: Path) -> Path | None:
+    """inputs | vanilla | technique outputs, side by side (out/compare_<workflow>.png)."""
+    from PIL import Image
+
+    tiles = []
+    for nid in workflow.nodes_of(job.graph, "LoadImage"):
+        name = job.graph[nid]["inputs"].get("image")
+        if name in demo_toy.IMAGE_NAMES.values():
+            tiles.append((f"input {name[4:-4]}", demo_toy.toy_image(name)))
+    if vanilla is not None:
+        tiles += [("vanilla", Image.open(p)) for p in vanilla.outputs[:1]]
+    tiles += [(p.stem[len(job.stem) + 1:][:24] or job.name, Image.open(p)) for p in job.outputs[:4]]
+    if not tiles:
         return None
-    if workflow.nodes_of(graph, "ControlNetLoader"):
-        return ("skipped: needs a ControlNet checkpoint, which the demo toy model does not have (run it with "
-                "`python -m conduit run <name> --model keep` on a server that has one)")
-    for nid in workflow.nodes_of(graph, "ConduitBalancedStyle"):
-        if "sensitivity_table" not in graph[nid]["inputs"]:
-            return ("skipped: Conduit ships sensitivity tables for SDXL only, and the demo toy model is SD1.5-shaped; "
-                    "compute its table with the sensitivity_analysis workflow and wire it in (`make eval` does)")
-    return None
+    path = out / f"compare_{job.name}.png"
+    demo_toy.side_by_side(tiles).save(path)
+    return path
+
+
+def toy_summary(jobs: list[Job], out: Path, host: str) -> list[str]:
+    """summary.md's per-workflow section: the picture, what to look for, host and size."""
+    by = {j.name: j for j in jobs}
+    lines = ["", f"Host: {host}. Model: the demo toy model at its trained size, {jobs_mod.DEMO_SIZE}x"
+                 f"{jobs_mod.DEMO_SIZE} ({jobs_mod.DEMO_STEPS} steps at most); prompts from its training captions.",
+             ""]
+    for j in jobs:
+        if j.name.endswith(VANILLA):
+            continue
+        case = demo_toy.CASES.get(j.name)
+        lines += [f"## {j.name}", ""]
+        if case is not None and case.prompt:
+            lines.append(f"Prompt: `{case.prompt}`.")
+        if case is not None:
+            lines.append(f"Look for: {case.look_for}")
+        if j.error is None:
+            pic = picture(j, by.get(j.name + VANILLA), out)
+            if pic is not None:
+                lines += ["", f"![{j.name}]({pic.name})"]
+        else:
+            lines.append(f"FAILED: {(str(j.error).splitlines() or [''])[0]}")
+        lines.append("")
+    return lines
+
+
+def _local_host() -> str:
+    from .host import find_host
+
+    return find_host().describe()
 
 
 def render_tables(out: Path) -> list[Path]:
@@ -59,9 +111,13 @@ def run_demo(out: Path, model: str = "embedded", servers: list[str] | None = Non
         if model == "embedded" and workflow.DEMO_LOADER not in clients[0].object_info():
             raise UsageError(f"the demo model loader {workflow.DEMO_LOADER} is not registered on the server; "
                              "check the ComfyUI log for a failed import of nodes/demo_model.py")
-        skipped = {n: why for n in names if (why := needs_missing_files(workflow.load_api(n), model))}
-        jobs = [Job(n, demo_graph(workflow.load_api(n), model)) for n in names if n not in skipped]
+        skipped: dict[str, str] = {}
+        if model == "embedded":
+            jobs = toy_jobs(names)
+        else:
+            jobs = [Job(n, demo_graph(workflow.load_api(n), model)) for n in names]
         run_jobs(jobs, clients, out)
+        host = servers[0] if servers else _local_host()
     heatmaps = render_tables(out)
     summary = [{"workflow": j.name, "ok": j.error is None, "seconds": round(j.seconds, 2),
                 "outputs": [p.name for p in j.outputs], "error": j.error} for j in jobs]
@@ -74,6 +130,8 @@ def run_demo(out: Path, model: str = "embedded", servers: list[str] | None = Non
         status = {True: "yes", None: str(s.get("error"))}.get(s["ok"], "NO: " + first)
         lines.append(f"| {s['workflow']} | {status} | "
                      f"{s.get('seconds', '')} | {', '.join(s['outputs'])} |")
+    if model == "embedded":
+        lines += toy_summary(jobs, out, host)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     ok = sum(1 for j in jobs if j.error is None)
     print(f"\n{ok} of {len(jobs)} workflows ran ({len(skipped)} skipped, see summary.md); images, heatmaps and "

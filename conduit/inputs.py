@@ -52,6 +52,19 @@ IMAGES = {
 }
 
 
+
+def _toy_input(name: str):
+    def draw() -> Image.Image:
+        from .demo_toy import toy_image  # the demo toy model's inputs, drawn by its toy world
+
+        return toy_image(name)
+    return draw
+
+
+IMAGES.update({name: _toy_input(name) for name in ("toy_reference.png", "toy_condition.png", "toy_control.png",
+                                                   "toy_background.png")})
+
+
 def png_bytes(name: str) -> bytes:
     buf = io.BytesIO()
     IMAGES[name]().save(buf, format="PNG")

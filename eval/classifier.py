@@ -1,8 +1,8 @@
 """ToyNet: a small CNN trained on procedural toy-world images; reads shape, colour, texture and background.
 
 Its pooled features are the feature space of the toy Fréchet distance (an FID stand-in).
-Train with `python -m eval train-classifier` (seeded; 600 + 800 steps, about 10 minutes on one free CPU
-core); the weights are committed as eval/weights/toynet.safetensors.
+Train with `python -m eval train-classifier` (seeded; 800 + 1000 + 1000 steps, about 18 minutes on one free
+CPU core); the weights are committed as eval/weights/toynet.safetensors.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "toynet.safetensors")
 INPUT = 32  # images are read at half resolution: 4x cheaper, textures (8 px period) still resolved
 HEADS = {"shape": list(world.SHAPES), "color": list(world.COLORS), "texture": list(world.TEXTURES),
-         "background": list(world.BACKGROUNDS)}
+         "background": list(world.ALL_BACKGROUNDS)}  # v2: the four plain colours and the four scene kinds
 
 
 class ToyNet(nn.Module):

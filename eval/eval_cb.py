@@ -2,17 +2,23 @@
 
 The toy model's own style sensitivity table is computed first with the pack's analysis code (the
 Conduit Sensitivity Analysis node's engine): each group is one style (colour + texture) drawn as several
-shapes. Then Conduit Balanced Style injects a procedural reference of another colour, texture and shape
-into the top int(lambda_S x 7) self-attention layers. Style match: ToyNet reads the reference's colour
-and texture in the output (and the chroma/texture-spectrum distances). Shape fidelity: ToyNet reads the
-prompt's shape (not the reference's). The paper's claim: an intermediate lambda_S beats both ends.
+shapes. Then Conduit Balanced Style injects a procedural reference of some colour, texture and shape
+into the top int(lambda_S x 7) self-attention layers. The prompt names only a shape and a plain background
+("a star on a gray background"): the v2 toy model was trained with the style words dropped from most
+captions, so the prompt leaves the style open and the reference is the only thing that can set it.
+  * style match: ToyNet reads the reference's colour (and texture) in the output;
+  * shape fidelity: ToyNet reads the prompt's shape (not the reference's);
+  * combined score: the harmonic mean of the two rates (balance).
+The paper's claim: an intermediate lambda_S beats both ends on the combined score. The same sweep with a
+random layer ranking of the same size (one random permutation per table row, seeded) shows whether the
+measured ranking matters. Intervals: 95 % bootstrap over the (pair, seed) units, paired across settings.
 
 lambda_T: the toy ControlNet (toyworld/weights/toy_controlnet.safetensors, hint = a shape's silhouette) is
 applied with the core Apply ControlNet (Advanced) node, strength 1, and gated by the Conduit ControlNet
 Timestep Gate node (down residuals off at t < lambda_T x 1000, mid kept), on the lambda_S = 0.43 styled
 model. The prompt asks for shape A, the hint shows another shape B at another place (neither the prompt's
-nor the reference's shape). Fidelity to the ControlNet: IoU of the subject mask (pixels far from the border
-colour) with the hint silhouette, and ToyNet reading shape B. Style match as in the lambda_S sweep.
+nor the reference's shape). Fidelity to the ControlNet: IoU of the subject mask (saturated pixels) with the
+hint silhouette, and ToyNet reading shape B. Style match as in the lambda_S sweep.
 Baselines: no ControlNet (vanilla model, and the styled model) and the plain ControlNet without style.
 """
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 from conduit_pack.toyworld import world
 
-from . import classifier, gen, measures, report
+from . import classifier, gen, measures, report, stats
 from .gen import Toy, load_toy
 import conduit_pack.nodes  # noqa: E402
 
@@ -35,15 +41,42 @@ LAMBDAS = (0.0, 0.2, 0.43, 0.7, 1.0)
 ANALYSIS_STYLES = (("red", "striped"), ("blue", "dotted"), ("green", "checkered"), ("yellow", "speckled"),
                    ("purple", "solid"))
 ANALYSIS_SHAPES = ("circle", "square", "star")
-# (content caption, style reference): reference differs in colour, texture and shape; same background.
+# (content: shape, background; the prompt names no style) -> style reference (colour, texture, shape):
+# every colour and texture once or twice, the reference's shape never the prompt's.
 PAIRS = (
-    (("red", "solid", "circle", "gray"), ("blue", "striped", "square")),
-    (("yellow", "solid", "triangle", "white"), ("purple", "checkered", "circle")),
-    (("green", "dotted", "star", "black"), ("orange", "solid", "ring")),
-    (("blue", "checkered", "square", "beige"), ("red", "dotted", "triangle")),
-    (("orange", "striped", "ring", "gray"), ("green", "speckled", "star")),
-    (("purple", "speckled", "circle", "white"), ("yellow", "striped", "square")),
+    (("circle", "gray"), ("blue", "striped", "square")),
+    (("triangle", "white"), ("purple", "checkered", "circle")),
+    (("star", "black"), ("orange", "solid", "ring")),
+    (("square", "beige"), ("red", "dotted", "triangle")),
+    (("ring", "gray"), ("green", "speckled", "star")),
+    (("circle", "white"), ("yellow", "striped", "square")),
+    (("star", "gray"), ("red", "checkered", "circle")),
+    (("triangle", "black"), ("green", "dotted", "square")),
+    (("square", "white"), ("yellow", "solid", "ring")),
+    (("ring", "beige"), ("blue", "speckled", "triangle")),
+    (("circle", "black"), ("purple", "striped", "star")),
+    (("star", "white"), ("orange", "dotted", "circle")),
 )
+RANDOM_TABLE_SEEDS = (1, 2)
+
+
+def content_caption(content: tuple[str, str]) -> str:
+    shape, bg = content
+    return world.caption(None, None, shape, bg)
+
+
+def random_ranking_table(table, seed: int):
+    """The toy table with its layer ranking replaced by a random one (a permutation per row, seeded): the same
+    layers, timesteps and layer counts per lambda, only the order is chance."""
+    import dataclasses
+
+    gen = torch.Generator().manual_seed(seed)
+    scores = {}
+    for feature, m in table.scores.items():
+        rows = [torch.randperm(m.shape[1], generator=gen).to(m.dtype) for _ in range(m.shape[0])]
+        scores[feature] = torch.stack(rows)
+    prov = dict(table.provenance, source=f"random ranking (seed {seed}) of the toy table's layers")
+    return dataclasses.replace(table, scores=scores, provenance=prov)
 
 
 def toy_style_table(toy: Toy, steps: int, seeds: int):
@@ -72,27 +105,25 @@ def styled_model(toy: Toy, lam: float, ref: np.ndarray, table):
                       reference_image=torch.from_numpy(ref)[None], vae=toy.vae, sensitivity_table=table)[0]
 
 
-def evaluate(toy: Toy, net, table, lambdas=LAMBDAS, pairs=PAIRS, seeds: int = 3, steps: int = 20):
+def evaluate(toy: Toy, net, table, lambdas=LAMBDAS, pairs=PAIRS, seeds: int = 3, steps: int = 20,
+             ranking: str = "toy table"):
     rows, images = [], []
     for lam in lambdas:
         for p, (content, style) in enumerate(pairs):
-            c, t, s, bg = content
+            s, bg = content
             ref = reference_image(style, bg, p)
-            model = styled_model(toy, lam, ref, table)
-            imgs = toy.generate(world.caption(c, t, s, bg), seed=100 + p, batch=1, model=model, steps=steps) \
-                if seeds == 1 else np.concatenate([
-                    toy.generate(world.caption(c, t, s, bg), seed=100 + p * 10 + k, model=model, steps=steps)
-                    for k in range(seeds)])
+            model = styled_model(toy, lam, ref, table) if lam > 0 else toy.model
+            imgs = np.concatenate([toy.generate(content_caption(content), seed=100 + p * 10 + k, model=model,
+                                                steps=steps) for k in range(seeds)])
             labels, _ = classifier.predict(net, imgs)
             images.extend(imgs)
             for k, img in enumerate(imgs):
                 rows.append({
-                    "lambda_s": lam, "pair": p, "seed": k,
+                    "ranking": ranking, "lambda_s": lam, "pair": p, "seed": k,
                     "shape_ok": labels["shape"][k] == s,
                     "ref_shape": labels["shape"][k] == style[2],
                     "color_match": labels["color"][k] == style[0],
                     "texture_match": labels["texture"][k] == style[1],
-                    "prompt_color": labels["color"][k] == c,
                     "ref_palette_dist": measures.palette_distance(img, style[0]),
                     "ref_texture_dist": measures.texture_distance(img, ref),
                 })
@@ -102,7 +133,8 @@ def evaluate(toy: Toy, net, table, lambdas=LAMBDAS, pairs=PAIRS, seeds: int = 3,
         shape = float(np.mean([r["shape_ok"] for r in rs]))
         style = float(np.mean([(r["color_match"] + r["texture_match"]) / 2 for r in rs]))
         summary_rows.append({
-            "lambda_s": lam, "shape_fidelity": shape, "style_match": style,
+            "ranking": ranking, "lambda_s": lam, "layers": table.count_for(lam), "shape_fidelity": shape,
+            "style_match": style,
             "color_match": float(np.mean([r["color_match"] for r in rs])),
             "texture_match": float(np.mean([r["texture_match"] for r in rs])),
             "took_ref_shape": float(np.mean([r["ref_shape"] for r in rs])),
@@ -120,9 +152,11 @@ HINT_SHAPES = ("star", "square", "triangle", "ring", "circle", "triangle")
 
 
 def hint_spec(pair: int) -> world.Spec:
-    """The hint's geometry: a training-distribution draw (centre and size anywhere), deterministic per pair."""
-    content, _ = PAIRS[pair]
-    return world.spec_at(pair, 31, "all", shape=HINT_SHAPES[pair], background=content[3])
+    """The hint's geometry: a training-distribution draw (centre and size anywhere), deterministic per pair;
+    its shape is neither the prompt's nor the reference's."""
+    (shape, bg), style = PAIRS[pair]
+    hint_shape = next(h for h in (HINT_SHAPES[pair % len(HINT_SHAPES)], *world.SHAPES) if h not in (shape, style[2]))
+    return world.spec_at(pair, 31, "all", shape=hint_shape, background=bg)
 
 
 def controlled(toy: Toy, text: str, controlnet, hint: np.ndarray, lambda_t: float | None):
@@ -162,11 +196,11 @@ def evaluate_lambda_t(toy: Toy, net, table, controlnet, lambda_ts=LAMBDA_TS, pai
     hints = {p: hint_spec(p) for p in pairs}
     for name, lam_s, on, lam_t in lambda_t_configs(lambda_ts):
         for p in pairs:
-            (c, t, s, bg), style = PAIRS[p]
+            (s, bg), style = PAIRS[p]
             ref = reference_image(style, bg, p)
             model = styled_model(toy, lam_s, ref, table) if lam_s > 0 else toy.model
             hint = world.silhouette(hints[p])
-            pos, neg = controlled(toy, world.caption(c, t, s, bg), controlnet if on else None, hint, lam_t)
+            pos, neg = controlled(toy, content_caption((s, bg)), controlnet if on else None, hint, lam_t)
             imgs = np.concatenate([generate(toy, model, pos, neg, 100 + p * 10 + k, steps) for k in range(seeds)])
             labels, _ = classifier.predict(net, imgs)
             images[(name, p)] = imgs[0]
@@ -178,7 +212,6 @@ def evaluate_lambda_t(toy: Toy, net, table, controlnet, lambda_ts=LAMBDA_TS, pai
                     "prompt_shape": labels["shape"][k] == s,
                     "color_match": labels["color"][k] == style[0],
                     "texture_match": labels["texture"][k] == style[1],
-                    "prompt_color": labels["color"][k] == c,
                 })
     summary_rows = []
     for name, lam_s, _on, lam_t in lambda_t_configs(lambda_ts):
@@ -191,7 +224,6 @@ def evaluate_lambda_t(toy: Toy, net, table, controlnet, lambda_ts=LAMBDA_TS, pai
             "style_match": float(np.mean([(r["color_match"] + r["texture_match"]) / 2 for r in rs])),
             "color_match": float(np.mean([r["color_match"] for r in rs])),
             "texture_match": float(np.mean([r["texture_match"] for r in rs])),
-            "prompt_color": float(np.mean([r["prompt_color"] for r in rs])),
         })
     grid = [world.silhouette(hints[p]) for p in pairs]
     for name, *_ in lambda_t_configs(lambda_ts):
@@ -219,8 +251,23 @@ def lambda_t_report(toy: Toy, net, table, quick: bool, steps: int) -> dict:
     out = report.out_dir()
     by = {r["config"]: r for r in summary_rows}
     swept = [r for r in summary_rows if r["lambda_t"] != ""]
+    def per_unit(config: str, key: str) -> np.ndarray:
+        rs = sorted((r for r in rows if r["config"] == config), key=lambda r: (r["pair"], r["seed"]))
+        if key == "style":
+            return np.array([(r["color_match"] + r["texture_match"]) / 2 for r in rs], np.float64)
+        return np.array([float(r[key]) for r in rs])
+
+    full = swept[0]["config"]
+    found = {"iou_controlnet_minus_none": stats.paired_diff(per_unit("ControlNet", "hint_iou"),
+                                                            per_unit("no ControlNet", "hint_iou"))}
+    for r in swept[1:]:
+        lt = r["lambda_t"]
+        found[f"style_lambda_t_{lt}_minus_0"] = stats.paired_diff(per_unit(r["config"], "style"),
+                                                                  per_unit(full, "style"))
+        found[f"iou_lambda_t_{lt}_minus_no_cn"] = stats.paired_diff(
+            per_unit(r["config"], "hint_iou"), per_unit(f"style {LAMBDA_S_FOR_T}, no ControlNet", "hint_iou"))
     summary = {
-        "controlnet_matches_unet": matches,
+        "controlnet_matches_unet": matches, **{k: stats.fmt(v) for k, v in found.items()},
         "hint_iou_none": by["no ControlNet"]["hint_iou"], "hint_iou_controlnet": by["ControlNet"]["hint_iou"],
         "hint_iou_lambda_t_0": swept[0]["hint_iou"], "hint_iou_lambda_t_1": swept[-1]["hint_iou"],
         "style_match_lambda_t_0": swept[0]["style_match"], "style_match_lambda_t_1": swept[-1]["style_match"],
@@ -242,7 +289,52 @@ def lambda_t_report(toy: Toy, net, table, quick: bool, steps: int) -> dict:
                      xlabel="lambda_T", ylabel="rate / IoU")
     report.grid(grid, len(pairs), out / "cb_lambda_t_grid.png",
                 labels=["hint"] + [name for name, *_ in lambda_t_configs(lambda_ts)])
-    return {"lambda_t": summary, "by_config": summary_rows}
+    return {"lambda_t": summary, "by_config": summary_rows, "lambda_t_claims": found}
+
+
+def unit_array(rows: list[dict], lambdas, ranking: str) -> np.ndarray:
+    """[units, lambdas, 2] of (shape_ok, style) per (pair, seed) unit, in a fixed unit order."""
+    units = sorted({(r["pair"], r["seed"]) for r in rows if r["ranking"] == ranking})
+    by = {(r["lambda_s"], r["pair"], r["seed"]): r for r in rows if r["ranking"] == ranking}
+    return np.array([[[float(by[(lam, *u)]["shape_ok"]), (by[(lam, *u)]["color_match"]
+                                                          + by[(lam, *u)]["texture_match"]) / 2]
+                      for lam in lambdas] for u in units])
+
+
+def balance(x: np.ndarray) -> np.ndarray:
+    """Harmonic mean of the mean shape fidelity and the mean style match, per lambda: x [units, lambdas, 2]."""
+    m = x.mean(axis=0)
+    return np.where(m.sum(-1) > 0, 2 * m[:, 0] * m[:, 1] / np.maximum(m.sum(-1), 1e-12), 0.0)
+
+
+def claims(rows: list[dict], lambdas=LAMBDAS, random_lambdas=()) -> dict:
+    """Bootstrap intervals for the lambda_S claims (units resampled, paired across lambdas and rankings)."""
+    x = unit_array(rows, lambdas, "toy table")
+    inner = [i for i, lam in enumerate(lambdas) if 0 < lam < 1]
+    ends = [i for i, lam in enumerate(lambdas) if lam in (0.0, 1.0)]
+    out = {
+        "intermediate_minus_best_end": stats.ci(
+            x, lambda a: float(balance(a)[inner].max() - balance(a)[ends].max())),
+        "style_match_1_minus_0": stats.ci(x, lambda a: float(a[:, -1, 1].mean() - a[:, 0, 1].mean())),
+        "shape_fidelity_1_minus_0": stats.ci(x, lambda a: float(a[:, -1, 0].mean() - a[:, 0, 0].mean())),
+    }
+    for i, lam in enumerate(lambdas):
+        out[f"balance_{lam}"] = stats.ci(x, lambda a, i=i: float(balance(a)[i]))
+        out[f"style_{lam}"] = stats.ci(x[:, i, 1])
+        out[f"shape_{lam}"] = stats.ci(x[:, i, 0])
+    rand_rows = [r for r in rows if r["ranking"].startswith("random")]
+    if rand_rows and random_lambdas:
+        toy_x = unit_array(rows, random_lambdas, "toy table")
+        rand_x = np.mean([unit_array(rows, random_lambdas, name)
+                          for name in sorted({r["ranking"] for r in rand_rows})], axis=0)
+        both = np.stack([toy_x, rand_x], axis=1)  # [units, 2 rankings, lambdas, 2]
+        out["toy_minus_random_balance_mean"] = stats.ci(
+            both, lambda a: float((balance(a[:, 0]) - balance(a[:, 1])).mean()))
+        out["toy_minus_random_style_mean"] = stats.ci(
+            both, lambda a: float(a[:, 0, :, 1].mean() - a[:, 1, :, 1].mean()))
+        for j, lam in enumerate(random_lambdas):
+            out[f"random_balance_{lam}"] = stats.ci(rand_x, lambda a, j=j: float(balance(a)[j]))
+    return out
 
 
 def run(quick: bool = False) -> dict:
@@ -253,23 +345,48 @@ def run(quick: bool = False) -> dict:
     import conduit_pack.patches.tables.tables_math as from_math
     out = report.out_dir()
     from_math.save_table(table, out / "cb_toy_style_table.json")
-    summary_rows, rows, images = evaluate(toy, net, table, pairs=PAIRS[:3] if quick else PAIRS,
-                                          seeds=1 if quick else 3, steps=steps)
-    best = max(summary_rows, key=lambda r: r["balance"])
-    ends = [r for r in summary_rows if r["lambda_s"] in (0.0, 1.0)]
-    claim = all(best["balance"] > e["balance"] for e in ends) and best["lambda_s"] not in (0.0, 1.0)
+    pairs = PAIRS[:6] if quick else PAIRS
+    seeds = 2 if quick else 4
+    summary_rows, rows, images = evaluate(toy, net, table, pairs=pairs, seeds=seeds, steps=steps)
+    random_lambdas = tuple(lam for lam in LAMBDAS if 0 < lam < 1)
+    random_seeds = RANDOM_TABLE_SEEDS[:1] if quick else RANDOM_TABLE_SEEDS
+    for rs in random_seeds:
+        rsum, rrows, _ = evaluate(toy, net, random_ranking_table(table, rs), random_lambdas, pairs, seeds, steps,
+                                  ranking=f"random {rs}")
+        summary_rows += rsum
+        rows += rrows
+    found = claims(rows, LAMBDAS, random_lambdas)
+    toy_rows = [r for r in summary_rows if r["ranking"] == "toy table"]
+    best = max(toy_rows, key=lambda r: r["balance"])
     summary = {"best_lambda_s": best["lambda_s"], "best_balance": best["balance"],
-               "intermediate_beats_both_ends": claim,
-               "style_match_rises": summary_rows[-1]["style_match"] > summary_rows[0]["style_match"]}
+               "status": stats.status(found["intermediate_minus_best_end"]),
+               "ranking_status": stats.status(found["toy_minus_random_balance_mean"]),
+               **{k: stats.fmt(v) for k, v in found.items()}}
     report.write("cb", summary, summary_rows + rows, __doc__)
-    report.line_plot({"style match": [(r["lambda_s"], r["style_match"]) for r in summary_rows],
-                      "shape fidelity": [(r["lambda_s"], r["shape_fidelity"]) for r in summary_rows],
-                      "balance (F1)": [(r["lambda_s"], r["balance"]) for r in summary_rows]},
+    rand_mean = {lam: (float(np.mean([r["style_match"] for r in summary_rows
+                                      if r["ranking"].startswith("random") and r["lambda_s"] == lam])),
+                       float(np.mean([r["shape_fidelity"] for r in summary_rows
+                                      if r["ranking"].startswith("random") and r["lambda_s"] == lam])),
+                       float(np.mean([r["balance"] for r in summary_rows
+                                      if r["ranking"].startswith("random") and r["lambda_s"] == lam])))
+                 for lam in random_lambdas}
+    report.line_plot({"style match": [(r["lambda_s"], r["style_match"]) for r in toy_rows],
+                      "shape fidelity": [(r["lambda_s"], r["shape_fidelity"]) for r in toy_rows],
+                      "balance (F1)": [(r["lambda_s"], r["balance"]) for r in toy_rows],
+                      "balance, random rank": [(lam, v[2]) for lam, v in rand_mean.items()]},
                      out / "cb_lambda_s.png", title="Conditional Balance on the toy model", xlabel="lambda_S",
                      ylabel="rate")
-    report.line_plot({"trade-off": [(r["style_match"], r["shape_fidelity"]) for r in summary_rows]},
+    ends = {r["lambda_s"]: r for r in toy_rows}
+    report.line_plot({"toy table": [(r["style_match"], r["shape_fidelity"]) for r in toy_rows],
+                      "random ranking": [(ends[0.0]["style_match"], ends[0.0]["shape_fidelity"])]
+                      + [(v[0], v[1]) for v in rand_mean.values()]
+                      + [(ends[1.0]["style_match"], ends[1.0]["shape_fidelity"])]},
                      out / "cb_tradeoff.png", title="style match (x) vs shape fidelity (y), lambda_S 0..1",
                      xlabel="style match", ylabel="shape fidelity")
-    per = len(images) // len(LAMBDAS)
-    report.grid(images, per, out / "cb_grid.png", labels=[f"lambda_S={lam}" for lam in LAMBDAS])
-    return {"summary": summary, "by_lambda": summary_rows, **lambda_t_report(toy, net, table, quick, steps)}
+    per = len(pairs) * seeds
+    refs = [reference_image(style, content[1], p) for p, (content, style) in enumerate(pairs)]
+    picked = [images[i * per + p * seeds] for i in range(len(LAMBDAS)) for p in range(len(pairs))]
+    report.grid(refs + picked, len(pairs), out / "cb_grid.png",
+                labels=["style reference"] + [f"lambda_S={lam}" for lam in LAMBDAS])
+    return {"summary": summary, "by_lambda": summary_rows, "claims": found,
+            **lambda_t_report(toy, net, table, quick, steps)}

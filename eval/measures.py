@@ -19,9 +19,16 @@ def border_color(img: np.ndarray, width: int = 3) -> np.ndarray:
     return np.median(edge, axis=0)
 
 
-def foreground(img: np.ndarray, threshold: float = 0.18) -> np.ndarray:
-    """Pixels far from the border colour: a bool mask of the subject."""
-    return np.linalg.norm(img - border_color(img), axis=-1) > threshold
+def saturation(img: np.ndarray) -> np.ndarray:
+    """(max - min) / max per pixel: palette colours (and their dark tone) are above 0.7, every background of
+    the v2 world at most world.MAX_BG_SATURATION."""
+    mx, mn = img.max(axis=-1), img.min(axis=-1)
+    return (mx - mn) / np.maximum(mx, 1e-3)
+
+
+def foreground(img: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The subject as a bool mask: saturated, not too dark pixels (works on plain and scene backgrounds)."""
+    return (saturation(img) > threshold) & (img.max(axis=-1) > 0.08)
 
 
 def chroma(rgb: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 
 from conduit_pack.toyworld import world
 
-from . import classifier, measures, report
+from . import classifier, measures, report, stats
 from .gen import Toy
 
 log = logging.getLogger(__name__)
@@ -23,12 +23,25 @@ def reference_images(captions: list[tuple[str, str, str, str]], per: int, seed: 
     out = []
     for i, (c, t, s, b) in enumerate(captions):
         for j in range(per):
-            out.append(world.sample(i * 1000 + j, seed, "all", color=c, texture=t, shape=s, background=b).image)
+            bg = world.SCENES[(i + j) % len(world.SCENES)] if b == SCENE else b
+            out.append(world.sample(i * 1000 + j, seed, "all", color=c, texture=t, shape=s, background=bg).image)
     return np.stack(out).astype(np.float32) / 255.0
 
 
-def captions_for(split: str, limit: int | None = None, seed: int = 0) -> list[tuple[str, str, str, str]]:
-    caps = [(c, t, s, b) for (c, t, s) in world.all_triples(split) for b in world.BACKGROUNDS]
+SCENE = "scene"  # a caption without a background phrase: the model draws one of world.SCENES
+
+
+def caption_text(c: str, t: str, s: str, b: str) -> str:
+    return world.caption(c, t, s, None if b == SCENE else b)
+
+
+def background_ok(read: str, asked: str) -> bool:
+    return read in world.SCENES if asked == SCENE else read == asked
+
+
+def captions_for(split: str, limit: int | None = None, seed: int = 0,
+                 backgrounds: tuple[str, ...] = (*world.BACKGROUNDS, SCENE)) -> list[tuple[str, str, str, str]]:
+    caps = [(c, t, s, b) for (c, t, s) in world.all_triples(split) for b in backgrounds]
     if limit is not None and len(caps) > limit:
         rng = np.random.default_rng(seed)
         caps = [caps[i] for i in sorted(rng.choice(len(caps), limit, replace=False))]
@@ -38,7 +51,7 @@ def captions_for(split: str, limit: int | None = None, seed: int = 0) -> list[tu
 def evaluate(toy: Toy, net, captions, seeds: int = 4, base_seed: int = 0, **sample_kw) -> tuple[dict, list[dict], list]:
     rows, images, feats = [], [], []
     for i, (c, t, s, b) in enumerate(captions):
-        text = world.caption(c, t, s, b)
+        text = caption_text(c, t, s, b)
         imgs = toy.generate(text, seed=base_seed + i, batch=seeds, **sample_kw)
         labels, f = classifier.predict(net, imgs)
         feats.append(f)
@@ -48,7 +61,9 @@ def evaluate(toy: Toy, net, captions, seeds: int = 4, base_seed: int = 0, **samp
                          "shape": labels["shape"][k], "color": labels["color"][k], "texture": labels["texture"][k],
                          "background": labels["background"][k],
                          "shape_ok": labels["shape"][k] == s, "color_ok": labels["color"][k] == c,
-                         "texture_ok": labels["texture"][k] == t, "background_ok": labels["background"][k] == b,
+                         "texture_ok": labels["texture"][k] == t,
+                         "background_ok": background_ok(labels["background"][k], b),
+                         "asked": (c, t, s, b),
                          "palette_dist": measures.palette_distance(img, c)})
     ref = reference_images(captions, seeds)
     _, ref_feats = classifier.predict(net, ref)
@@ -60,6 +75,20 @@ def evaluate(toy: Toy, net, captions, seeds: int = 4, base_seed: int = 0, **samp
     summary["fd"] = measures.frechet_distance(np.concatenate(feats), ref_feats)
     summary["n"] = len(rows)
     return summary, rows, images
+
+
+def per_word(rows: list[dict]) -> list[dict]:
+    """Accuracy per asked-for word (colour, texture, shape, background), with its bootstrap interval."""
+    out = []
+    for pos, attr, words in ((0, "color", world.COLORS), (1, "texture", world.TEXTURES), (2, "shape", world.SHAPES),
+                             (3, "background", (*world.BACKGROUNDS, SCENE))):
+        for w in words:
+            hits = [float(r[f"{attr}_ok"]) for r in rows if r["asked"][pos] == w]
+            if hits:
+                est, lo, hi = stats.ci(hits)
+                out.append({"attribute": attr, "word": w, "accuracy": est, "ci_low": lo, "ci_high": hi,
+                            "n": len(hits)})
+    return out
 
 
 def run(quick: bool = False) -> dict:
@@ -74,7 +103,11 @@ def run(quick: bool = False) -> dict:
     for name, caps in splits.items():
         summary, rows, images = evaluate(toy, net, caps, seeds)
         results[name] = summary
-        report.write(f"quality_{name}", summary, rows, __doc__)
+        words = per_word(rows)
+        results[f"{name}_per_word"] = words
+        for r in rows:
+            r["asked"] = " ".join(r["asked"])
+        report.write(f"quality_{name}", summary, words + rows, __doc__)
         report.grid(images[: 16 * seeds], seeds * 4, report.out_dir() / f"quality_{name}.png", scale=2)
     rand = load_toy(random_unet_seed=0)
     summary, rows, _ = evaluate(rand, net, splits["heldout"], seeds)
@@ -82,7 +115,8 @@ def run(quick: bool = False) -> dict:
     report.write("quality_random_unet", summary, rows, "Random-weight UNet, same text encoder and VAE: the floor.")
     ref = reference_images(splits["heldout"], seeds, seed=11)
     results["toynet_on_procedural"] = classifier.accuracy_on_procedural(net)
-    table = [{"model": k, **{m: v for m, v in s.items()}} for k, s in results.items() if "fd" in s]
+    table = [{"model": k, **{m: v for m, v in s.items()}} for k, s in results.items()
+             if isinstance(s, dict) and "fd" in s]
     report.write("quality", {"chance_shape": 1 / len(world.SHAPES), "chance_color": 1 / len(world.COLORS),
                              "chance_texture": 1 / len(world.TEXTURES), **{f"toynet_{k}": v for k, v in
                                                                           results["toynet_on_procedural"].items()}},

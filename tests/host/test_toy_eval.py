@@ -88,8 +88,8 @@ def test_balanced_style_changes_the_sample_only_when_on(toy):
 
     table = eval_cb.toy_style_table(toy, steps=4, seeds=2)
     content, style = eval_cb.PAIRS[0]
-    ref = eval_cb.reference_image(style, content[3], 0)
-    text = world.caption(*content)
+    ref = eval_cb.reference_image(style, content[1], 0)
+    text = eval_cb.content_caption(content)
     vanilla = toy.sample(text, seed=1, steps=6)
     assert torch.equal(toy.sample(text, seed=1, steps=6, model=eval_cb.styled_model(toy, 0.0, ref, table)), vanilla)
     assert not torch.allclose(toy.sample(text, seed=1, steps=6, model=eval_cb.styled_model(toy, 1.0, ref, table)),
@@ -105,10 +105,11 @@ def test_toy_controlnet_puts_the_subject_on_the_hint(toy):
     with torch.inference_mode():
         (controlnet,) = node.load()
     iou = {True: [], False: []}
-    for p, ((c, t, s, bg), _) in enumerate(eval_cb.PAIRS):
+    for p, (content, _) in enumerate(eval_cb.PAIRS[:6]):
         hint = world.silhouette(eval_cb.hint_spec(p))
         for on in (True, False):
-            pos, neg = eval_cb.controlled(toy, world.caption(c, t, s, bg), controlnet if on else None, hint, None)
+            pos, neg = eval_cb.controlled(toy, eval_cb.content_caption(content), controlnet if on else None, hint,
+                                          None)
             for seed in range(2):
                 img = eval_cb.generate(toy, toy.model, pos, neg, seed, STEPS)[0]
                 iou[on].append(measures.iou(measures.foreground(img), hint[..., 0] > 0.5))

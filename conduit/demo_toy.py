@@ -1,0 +1,209 @@
+"""What `make demo` changes so that every workflow runs on the demo toy model as it was trained.
+
+The shipped workflows are written for real checkpoints (SDXL prompts, 512-1024 px, a canny ControlNet).
+On the embedded toy model the demo runs each of them at the toy's own size (64x64, jobs.native_size) with:
+  * prompts the toy model knows (docs/toy_world.md's captions), one per workflow, and an empty negative;
+  * toy input images (a style reference, a speckled condition, a silhouette hint, a scene background)
+    drawn by the toy world, instead of the generic example inputs;
+  * the toy ControlNet (Conduit Demo Toy ControlNet) in place of a ControlNet checkpoint;
+  * the toy model's own style table for Balanced Style, computed in the same graph by the Sensitivity
+    Analysis node over five toy styles (the shipped tables are SDXL's);
+and each technique's output is shown next to vanilla txt2img of the same prompt, seed, size and steps.
+"""
+from __future__ import annotations
+
+import copy
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from . import workflow
+
+# The analysis groups of the toy style table: one style (colour + texture) per group, three shapes each.
+TOY_STYLE_GROUPS = "\n".join(
+    " | ".join(f"a {c} {t} {s} on a gray background" for s in ("circle", "square", "star"))
+    for c, t in (("red", "striped"), ("blue", "dotted"), ("green", "checkered"), ("yellow", "speckled"),
+                 ("purple", "solid")))
+COW_BOX = 40  # the toy condition is drawn at the box size the demo gives COW (see condition_box)
+
+
+@dataclass(frozen=True)
+class ToyCase:
+    prompt: str
+    look_for: str
+    subject: str = ""  # Grad-SAM's subject words
+
+
+CASES: dict[str, ToyCase] = {
+    "txt2img_vanilla": ToyCase("a red solid circle on a white background",
+                               "The toy model itself: the asked-for shape, colour, texture and background."),
+    "seg_sdxl": ToyCase("a blue striped square on a beige background",
+                        "SEG (blurred middle-block queries, a 4x4 token grid on the toy UNet) against the same "
+                        "seed without it: the image changes, usually with stronger contrast and colour; "
+                        "docs/toy_world.md measures whether that is closer to the data."),
+    "balanced_style_sdxl": ToyCase("a star on a white background",
+                                   "The prompt names no colour or texture: vanilla draws some style, Balanced "
+                                   "Style takes the reference's colour and texture (blue, striped) and keeps "
+                                   "the prompt's star."),
+    "balanced_style_controlnet_sdxl": ToyCase("a circle on a white background",
+                                              "The reference's style on the prompt's circle, placed where the "
+                                              "silhouette hint is (toy ControlNet, gated by lambda_T)."),
+    "gradsam_background": ToyCase("a red striped triangle",
+                                  "The prompt names no background: vanilla draws some scene, Grad-SAM keeps the "
+                                  "reference's scene around the new subject.", subject="red striped triangle"),
+    "cow_seed_cycle": ToyCase("a red speckled circle on a black background",
+                              "The condition's own speckle pattern (no caption can name it) stays in its box, "
+                              "the prompt's black background grows around it; vanilla has neither."),
+    "sow_mllm": ToyCase("a red speckled circle on a black background",
+                        "As COW, with SOW's attention modulation (no MLLM here: the manual boxes are used)."),
+    "sensitivity_analysis": ToyCase("", "The toy model's own style sensitivity table over five toy styles, as "
+                                        "a heatmap."),
+}
+IMAGE_NAMES = {"conduit_reference.png": "toy_reference.png", "conduit_condition.png": "toy_condition.png",
+               "conduit_control.png": "toy_control.png", "conduit_background.png": "toy_background.png"}
+
+
+def _world():
+    import conduit  # noqa: F401  (registers conduit_pack)
+    from conduit_pack.toyworld import world
+
+    return world
+
+
+def toy_image(name: str) -> Image.Image:
+    """The toy model's demo inputs, drawn by the toy world (64x64, the condition at its box size)."""
+    world = _world()
+    if name == "toy_reference.png":  # the style reference: a blue striped square
+        spec = world.Spec("square", "blue", "striped", "gray", 30.0, 33.0, 20.0, seed=3)
+        return Image.fromarray(world.render(spec).image)
+    if name == "toy_condition.png":  # COW's condition: its speckles are the identity
+        spec = world.Spec("circle", "red", "speckled", "gray", 32.0, 32.0, 26.0, seed=905)
+        return Image.fromarray(world.render(spec, size=COW_BOX).image)
+    if name == "toy_control.png":  # the ControlNet hint: a circle's silhouette off-centre
+        spec = world.Spec("circle", "red", "solid", "gray", 40.0, 24.0, 17.0)
+        return Image.fromarray((world.silhouette(spec) * 255).astype(np.uint8))
+    if name == "toy_background.png":  # Grad-SAM's reference: a yellow circle on a banded scene
+        spec = world.Spec("circle", "yellow", "solid", "bands", 22.0, 40.0, 16.0, seed=11)
+        return Image.fromarray(world.render(spec).image)
+    raise KeyError(name)
+
+
+def png(name: str) -> bytes:
+    buf = io.BytesIO()
+    toy_image(name).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _upstream_text_nodes(graph: dict, link, seen: set | None = None) -> list[str]:
+    """CLIPTextEncode nodes a conditioning link comes from (through ControlNet and gate nodes)."""
+    seen = set() if seen is None else seen
+    if not isinstance(link, list) or link[0] in seen or link[0] not in graph:
+        return []
+    seen.add(link[0])
+    node = graph[link[0]]
+    if node["class_type"] == "CLIPTextEncode":
+        return [link[0]]
+    found = []
+    for key in ("positive", "negative", "conditioning"):
+        if key in node["inputs"]:
+            # a gate or Apply ControlNet output i follows its input of the same role
+            if key in ("positive", "negative") and link[1] != ("positive", "negative").index(key):
+                continue
+            found += _upstream_text_nodes(graph, node["inputs"][key], seen)
+    return found
+
+
+def set_prompts(graph: dict, case: ToyCase) -> None:
+    """Positive text encoders get the toy prompt, every other text encoder the empty prompt."""
+    positives = set()
+    for node in graph.values():
+        if "positive" in node["inputs"]:
+            positives.update(_upstream_text_nodes(graph, node["inputs"]["positive"]))
+    for nid in workflow.nodes_of(graph, "CLIPTextEncode"):
+        graph[nid]["inputs"]["text"] = case.prompt if nid in positives else ""
+    for nid in workflow.nodes_of(graph, "ConduitGradSAMSampler"):
+        graph[nid]["inputs"].update(prompt=case.prompt, subject=case.subject)
+    for nid in workflow.nodes_of(graph, "ConduitMLLMPlan"):
+        graph[nid]["inputs"].update(prompt=case.prompt, manual_prompt=case.prompt)
+
+
+def condition_box(graph: dict) -> None:
+    """COW's box at the toy condition's own size (so its 8 px speckles stay on the latent grid), top left at
+    (8, 16) like the eval; the SOW workflow's manual boxes follow."""
+    for nid in workflow.nodes_of(graph, "ConduitCOWSeedCanvas"):
+        graph[nid]["inputs"].update(box_x=8.0, box_y=16.0, box_w=float(COW_BOX), box_h=float(COW_BOX),
+                                    box_units="pixels", fit="stretch")
+    for nid in workflow.nodes_of(graph, "ConduitMLLMPlan"):
+        box = graph[nid]["inputs"].get("manual_condition_box")
+        if isinstance(box, list) and box[0] in graph:
+            graph[box[0]]["inputs"].update(x=8 / 64, y=16 / 64, w=COW_BOX / 64, h=COW_BOX / 64)
+
+
+def toy_table(graph: dict) -> None:
+    """Balanced Style without a table gets the toy model's own, from an analysis node added to the graph."""
+    targets = [nid for nid in workflow.nodes_of(graph, "ConduitBalancedStyle")
+               if "sensitivity_table" not in graph[nid]["inputs"]]
+    if not targets:
+        return
+    model = graph[targets[0]]["inputs"]["model"]
+    clip = next((n["inputs"]["clip"] for n in graph.values() if n["class_type"] == "CLIPTextEncode"), None)
+    nid = str(max(int(k) for k in graph if k.isdigit()) + 1)
+    graph[nid] = {"class_type": "ConduitSensitivityAnalysis", "inputs": {
+        "model": model, "clip": clip, "groups": TOY_STYLE_GROUPS, "content": "", "negative": "",
+        "samples_per_group": 2, "steps": 12, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+        "width": 64, "height": 64, "seed": 0, "dimension": "style", "filename_prefix": "sensitivity/toy_style",
+        "images_per_group": 2}}
+    for t in targets:
+        graph[t]["inputs"]["sensitivity_table"] = [nid, 0]
+
+
+def adapt(name: str, graph: dict) -> dict:
+    """The workflow graph (already on the demo loader at the toy size) made for the toy model."""
+    g = copy.deepcopy(graph)
+    case = CASES.get(name)
+    if case is None:
+        return g
+    set_prompts(g, case)
+    for node in g.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "LoadImage" and inputs.get("image") in IMAGE_NAMES:
+            inputs["image"] = IMAGE_NAMES[inputs["image"]]
+        if node["class_type"] == "ControlNetLoader":
+            node["class_type"], node["inputs"] = "ConduitDemoToyControlNetLoader", {}
+        if node["class_type"] == "ConduitSensitivityAnalysis":
+            inputs.update(groups=TOY_STYLE_GROUPS, content="", negative="", cfg=4.0)
+    condition_box(g)
+    toy_table(g)
+    return g
+
+
+def vanilla_graph(name: str, graph: dict, vanilla: dict) -> dict | None:
+    """Plain txt2img with the workflow's toy prompt and first seed: the side-by-side baseline."""
+    case = CASES.get(name)
+    if case is None or not case.prompt or name == "txt2img_vanilla":
+        return None
+    g = copy.deepcopy(vanilla)
+    set_prompts(g, case)
+    seeds = [n["inputs"][k] for n in graph.values() for k in workflow.SEED_NAMES
+             if isinstance(n["inputs"].get(k), int) and n["class_type"] != workflow.DEMO_LOADER]
+    for nid in workflow.nodes_of(g, "KSampler"):
+        if seeds:
+            g[nid]["inputs"]["seed"] = seeds[0]
+    return g
+
+
+def side_by_side(tiles: list[tuple[str, Image.Image]], scale: int = 3) -> Image.Image:
+    """Tiles scaled up (nearest) next to each other with a caption strip above each."""
+    from PIL import ImageDraw
+
+    size = 64 * scale
+    strip = 14
+    canvas = Image.new("RGB", (len(tiles) * (size + 4), size + strip), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, img) in enumerate(tiles):
+        tile = img.convert("RGB").resize((size, size), Image.NEAREST)
+        canvas.paste(tile, (i * (size + 4), strip))
+        draw.text((i * (size + 4) + 2, 1), label[:30], fill=(0, 0, 0))
+    return canvas

@@ -1,0 +1,37 @@
+"""`make demo` on the toy model: every workflow is made runnable on it (prompts, inputs, ControlNet, table)."""
+from conduit import demo, demo_toy, inputs, workflow
+
+
+def test_every_workflow_runs_on_the_toy_model_with_its_own_prompt_inputs_and_files():
+    jobs = {j.name: j for j in demo.toy_jobs(workflow.short_names())}
+    for name in workflow.short_names():
+        g = jobs[name].graph
+        classes = {n["class_type"] for n in g.values()}
+        assert "CheckpointLoaderSimple" not in classes and "ControlNetLoader" not in classes, name
+        for nid in workflow.nodes_of(g, "LoadImage"):
+            assert g[nid]["inputs"]["image"] in demo_toy.IMAGE_NAMES.values(), (name, g[nid])
+            assert g[nid]["inputs"]["image"] in inputs.IMAGES
+        for nid in workflow.nodes_of(g, "ConduitBalancedStyle"):  # the toy table, from the analysis node
+            src = g[nid]["inputs"]["sensitivity_table"]
+            assert g[src[0]]["class_type"] == "ConduitSensitivityAnalysis"
+            assert "a red striped circle on a gray background" in g[src[0]]["inputs"]["groups"]
+        case = demo_toy.CASES[name]
+        texts = [g[nid]["inputs"]["text"] for nid in workflow.nodes_of(g, "CLIPTextEncode")]
+        if case.prompt:
+            assert case.prompt in texts and set(texts) <= {case.prompt, ""}, (name, texts)
+        if name not in ("txt2img_vanilla", "sensitivity_analysis"):
+            base = jobs[name + demo.VANILLA].graph
+            assert {base[n]["inputs"]["text"] for n in workflow.nodes_of(base, "CLIPTextEncode")} == {case.prompt, ""}
+
+
+def test_the_controlnet_workflow_gets_the_toy_controlnet_and_a_silhouette_hint():
+    g = demo.toy_jobs(["balanced_style_controlnet_sdxl"])[0].graph
+    assert workflow.nodes_of(g, "ConduitDemoToyControlNetLoader")
+    hint = demo_toy.toy_image("toy_control.png")
+    assert hint.size == (64, 64) and set(hint.convert("L").getdata()) >= {0, 255}
+
+
+def test_cow_condition_is_drawn_at_the_box_size():
+    g = demo.toy_jobs(["cow_seed_cycle"])[0].graph
+    (canvas,) = workflow.nodes_of(g, "ConduitCOWSeedCanvas")
+    assert g[canvas]["inputs"]["box_w"] == demo_toy.toy_image("toy_condition.png").size[0] == demo_toy.COW_BOX
