@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--third-round-only", action="store_true",
                    help="train-classifier: only the last round, from the saved weights (resuming a cut run)")
     p.add_argument("--weights", default="", help="toy model file to evaluate instead of the shipped one")
+    p.add_argument("--controlnet", default="", help="toy ControlNet file to use instead of the shipped one")
     p.add_argument("--out", default="", help="output folder instead of eval/out (also CONDUIT_EVAL_OUT)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -64,6 +65,10 @@ def main(argv=None) -> int:
         from conduit_pack.toyworld import demo_model as toy
 
         toy.WEIGHTS = str(Path(args.weights).resolve())
+    if args.controlnet:
+        from conduit_pack.toyworld import demo_model as toy
+
+        toy.CONTROLNET_WEIGHTS = str(Path(args.controlnet).resolve())
     names = [n for n in args.only.split(",") if n] or list(SUITES)
     results, failed = {}, []
     for name in names:
