@@ -61,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-lr", type=float, default=VAE_LR)
     p.add_argument("--data", type=int, default=12000, help="training images encoded for the UNet")
-    p.add_argument("--unet-steps", type=int, default=3600)
+    p.add_argument("--unet-steps", type=int, default=2600)
     p.add_argument("--unet-batch", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=5e-4)
     p.add_argument("--unet-lr-end", type=float, default=0.1, help="cosine decay to this share of --unet-lr")
@@ -411,7 +411,7 @@ def train_unet(args) -> None:
 
 
 # ---------------------------------------------------------------- ControlNet
-CN_STEPS = 600
+CN_STEPS = 500
 CN_VAL = 128  # fixed validation draws (samples, t, noise) for the loss with and without the ControlNet
 CN_SEED_OFFSET = 5
 
