@@ -20,7 +20,8 @@ if str(ROOT) not in sys.path:
 log = logging.getLogger("eval")
 
 # name -> module in eval/ exposing run(quick: bool) -> dict
-SUITES = {"quality": "quality", "seg": "eval_seg", "cb": "eval_cb", "gradsam": "eval_gradsam", "cow": "eval_cow"}
+SUITES = {"quality": "quality", "seg": "eval_seg", "cb": "eval_cb", "cb_t": "eval_cb:run_lambda_t",
+          "gradsam": "eval_gradsam", "cow": "eval_cow"}
 
 
 def main(argv=None) -> int:
@@ -73,14 +74,15 @@ def main(argv=None) -> int:
     results, failed = {}, []
     for name in names:
         t0 = time.time()
+        module, _, function = SUITES[name].partition(":")
         try:
-            mod = importlib.import_module(f".{SUITES[name]}", __package__)
+            mod = importlib.import_module(f".{module}", __package__)
         except ImportError as exc:
             log.warning("suite %s unavailable: %s", name, exc)
             results[name] = {"unavailable": str(exc)}
             continue
         try:
-            results[name] = mod.run(quick=args.quick)
+            results[name] = getattr(mod, function or "run")(quick=args.quick)
         except Exception as exc:  # noqa: BLE001  (one suite failing must not hide the others' results)
             log.exception("suite %s failed", name)
             results[name] = {"failed": repr(exc)}
