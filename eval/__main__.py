@@ -30,8 +30,6 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="few seeds and captions (the CI size)")
     p.add_argument("--only", default="", help="comma-separated suites: " + ",".join(SUITES))
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--third-round-only", action="store_true",
-                   help="train-classifier: only the last round, from the saved weights (resuming a cut run)")
     p.add_argument("--weights", default="", help="toy model file to evaluate instead of the shipped one")
     p.add_argument("--controlnet", default="", help="toy ControlNet file to use instead of the shipped one")
     p.add_argument("--out", default="", help="output folder instead of eval/out (also CONDUIT_EVAL_OUT)")
@@ -43,13 +41,9 @@ def main(argv=None) -> int:
     if args.command == "train-classifier":
         from . import classifier
 
-        # the recipe of the committed weights: 800 steps at lr 2e-3, then 1000 more at lr 1e-3 and 1000 at
-        # lr 5e-4 on new batches
-        if not args.third_round_only:
-            print(json.dumps(classifier.train(steps=800), indent=1))
-            print(json.dumps(classifier.train(steps=1000, resume_from=classifier.WEIGHTS, max_lr=1e-3,
-                                              first_batch=800), indent=1))
-        print(json.dumps(classifier.train(steps=1000, resume_from=classifier.WEIGHTS, max_lr=5e-4, first_batch=1800),
+        # the recipe of the committed weights: 800 steps at lr 2e-3, then 1000 more at lr 1e-3 on new batches
+        print(json.dumps(classifier.train(steps=800), indent=1))
+        print(json.dumps(classifier.train(steps=1000, resume_from=classifier.WEIGHTS, max_lr=1e-3, first_batch=800),
                          indent=1))
         return 0
     from conduit.host import find_host, import_host

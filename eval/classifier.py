@@ -1,8 +1,8 @@
 """ToyNet: a small CNN trained on procedural toy-world images; reads shape, colour, texture and background.
 
 Its pooled features are the feature space of the toy Fréchet distance (an FID stand-in).
-Train with `python -m eval train-classifier` (seeded; 800 + 1000 + 1000 steps, about 18 minutes on one free
-CPU core); the weights are committed as eval/weights/toynet.safetensors.
+Train with `python -m eval train-classifier` (seeded; 800 + 1000 steps, about 13 minutes on one free CPU
+core); the weights are committed as eval/weights/toynet.safetensors.
 """
 from __future__ import annotations
 
