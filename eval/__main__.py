@@ -21,7 +21,7 @@ log = logging.getLogger("eval")
 
 # name -> module in eval/ exposing run(quick: bool) -> dict
 SUITES = {"quality": "quality", "seg": "eval_seg", "cb": "eval_cb", "cb_t": "eval_cb:run_lambda_t",
-          "gradsam": "eval_gradsam", "cow": "eval_cow"}
+          "gradsam": "eval_gradsam", "cow": "eval_cow", "kv_swap": "diagnose_kv"}
 
 
 def main(argv=None) -> int:

@@ -145,7 +145,7 @@ def evaluate(toy: Toy, net, table, lambdas=LAMBDAS, pairs=PAIRS, seeds: int = 3,
     return summary_rows, rows, images
 
 
-LAMBDA_TS = (0.0, 0.4, 0.8, 1.0)
+LAMBDA_TS = (0.0, 0.5, 1.0)
 LAMBDA_S_FOR_T = 0.43
 # The hint's shape per pair: neither the prompt's shape nor the reference's.
 HINT_SHAPES = ("star", "square", "triangle", "ring", "circle", "triangle")
@@ -247,7 +247,7 @@ def lambda_t_report(toy: Toy, net, table, quick: bool, steps: int) -> dict:
     lambda_ts = (0.0, 0.4, 1.0) if quick else LAMBDA_TS
     pairs = range(3) if quick else range(6)
     summary_rows, rows, grid = evaluate_lambda_t(toy, net, table, controlnet, lambda_ts, pairs,
-                                                 seeds=1 if quick else 2, steps=steps)
+                                                 seeds=1, steps=steps)
     out = report.out_dir()
     by = {r["config"]: r for r in summary_rows}
     swept = [r for r in summary_rows if r["lambda_t"] != ""]
@@ -346,7 +346,7 @@ def run(quick: bool = False) -> dict:
     out = report.out_dir()
     from_math.save_table(table, out / "cb_toy_style_table.json")
     pairs = PAIRS[:6] if quick else PAIRS
-    seeds = 2 if quick else 3
+    seeds = 1
     summary_rows, rows, images = evaluate(toy, net, table, pairs=pairs, seeds=seeds, steps=steps)
     random_lambdas = tuple(lam for lam in LAMBDAS if 0 < lam < 1)
     random_seeds = RANDOM_TABLE_SEEDS[:1] if quick else RANDOM_TABLE_SEEDS

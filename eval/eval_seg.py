@@ -29,7 +29,8 @@ from .quality import caption_text, captions_for, reference_images
 log = logging.getLogger(__name__)
 
 SIGMAS = (1.0, 2.0, math.inf)
-SCALES = (1.0, 3.0, 5.0, 8.0)
+OUTPUT_SIGMAS = (math.inf,)
+SCALES = (1.0, 3.0, 8.0)
 FD_RESAMPLES = 200
 
 
@@ -66,11 +67,11 @@ def run_config(toy: Toy, net, model, prompts: list[str], seeds: int, cfg: float,
 
 def evaluate(toy: Toy, net, configs: dict, setting: str, quick: bool, steps: int):
     if setting == "unconditional":
-        prompts, cfg, seeds = [""] * (4 if quick else 8), 1.0, 8
+        prompts, cfg, seeds = [""] * (4 if quick else 6), 1.0, 8
         ref = np.stack([world.sample(i, 33, "train").image for i in range(len(prompts) * seeds)]) / 255.0
         truth = None
     else:
-        caps = captions_for("heldout", 4 if quick else 8, seed=3) + captions_for("train", 4 if quick else 8, seed=3)
+        caps = captions_for("heldout", 4, seed=3) + captions_for("train", 4, seed=3)
         prompts, cfg, seeds = [caption_text(*c) for c in caps], 3.0, 2
         ref = reference_images(caps, seeds, seed=17)
         truth = [c for c in caps for _ in range(seeds)]
@@ -115,7 +116,7 @@ def configs_for(toy: Toy, quick: bool) -> dict:
     cfgs = {"vanilla": toy.model, "pag 3": pag_model(toy, 3.0)}
     sigmas = (2.0, math.inf) if quick else SIGMAS
     for layers in ("middle",) if quick else ("middle", "output"):
-        for s in sigmas:
+        for s in sigmas if layers == "middle" else OUTPUT_SIGMAS:
             cfgs[f"seg {layers} s=3 sigma={s}"] = seg_model(toy, 3.0, s, layers)
     for sc in (0.0,) if quick else SCALES:
         if sc != 3.0:  # scale 3 is the sigma sweep's "seg middle s=3 sigma=inf"

@@ -95,11 +95,11 @@ def run(quick: bool = False) -> dict:
     from .gen import load_toy
 
     net = classifier.load()
-    seeds = 2 if quick else 4
+    seeds = 2
     results = {}
     toy = load_toy()
     splits = {"heldout": captions_for("heldout", 8 if quick else None),
-              "train": captions_for("train", 8 if quick else 20)}
+              "train": captions_for("train", 8 if quick else 12)}
     for name, caps in splits.items():
         summary, rows, images = evaluate(toy, net, caps, seeds)
         results[name] = summary
@@ -110,7 +110,7 @@ def run(quick: bool = False) -> dict:
         report.write(f"quality_{name}", summary, words + rows, __doc__)
         report.grid(images[: 16 * seeds], seeds * 4, report.out_dir() / f"quality_{name}.png", scale=2)
     rand = load_toy(random_unet_seed=0)
-    summary, rows, _ = evaluate(rand, net, captions_for("heldout", 8 if quick else 20, seed=5), 2)
+    summary, rows, _ = evaluate(rand, net, captions_for("heldout", 8, seed=5), 2)
     results["random_unet_heldout"] = summary
     report.write("quality_random_unet", summary, rows, "Random-weight UNet, same text encoder and VAE: the floor.")
     ref = reference_images(splits["heldout"], seeds, seed=11)
