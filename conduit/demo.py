@@ -53,8 +53,10 @@ def picture(job: Job, vanilla: Job | None, out: Path) -> Path | None:
         if name in demo_toy.IMAGE_NAMES.values():
             tiles.append((f"input {name[4:-4]}", demo_toy.toy_image(name)))
     if vanilla is not None:
-        tiles += [("vanilla", Image.open(p)) for p in vanilla.outputs[:1]]
-    tiles += [(p.stem[len(job.stem) + 1:][:24] or job.name, Image.open(p)) for p in job.outputs[:4]]
+        tiles += [("vanilla", Image.open(p)) for p in vanilla.outputs if p.suffix.lower() == ".png"][:1]
+    images = sorted((p for p in job.outputs if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")),
+                    key=lambda p: "mask" in p.name)  # the technique's image first, then its masks
+    tiles += [(p.stem[len(job.stem) + 1:][:24] or job.name, Image.open(p)) for p in images[:4]]
     if not tiles:
         return None
     path = out / f"compare_{job.name}.png"
@@ -113,7 +115,10 @@ def run_demo(out: Path, model: str = "embedded", servers: list[str] | None = Non
                              "check the ComfyUI log for a failed import of nodes/demo_model.py")
         skipped: dict[str, str] = {}
         if model == "embedded":
-            jobs = toy_jobs(names)
+            skipped = {n: "skipped: a DiT (SD3.5 / Flux) workflow; the demo toy model is SD1.5-shaped (run it with "
+                          "`python -m conduit run <name> --model keep` on a server that has the model)"
+                       for n in names if n not in demo_toy.CASES}
+            jobs = toy_jobs([n for n in names if n in demo_toy.CASES])
         else:
             jobs = [Job(n, demo_graph(workflow.load_api(n), model)) for n in names]
         run_jobs(jobs, clients, out)

@@ -3,8 +3,11 @@ from conduit import demo, demo_toy, inputs, workflow
 
 
 def test_every_workflow_runs_on_the_toy_model_with_its_own_prompt_inputs_and_files():
-    jobs = {j.name: j for j in demo.toy_jobs(workflow.short_names())}
-    for name in workflow.short_names():
+    names = [n for n in workflow.short_names() if n in demo_toy.CASES]  # the DiT workflows are not for the toy
+    assert {"balanced_style_sdxl", "balanced_style_controlnet_sdxl", "seg_sdxl", "gradsam_background",
+            "cow_seed_cycle", "sow_mllm"} <= set(names)
+    jobs = {j.name: j for j in demo.toy_jobs(names)}
+    for name in names:
         g = jobs[name].graph
         classes = {n["class_type"] for n in g.values()}
         assert "CheckpointLoaderSimple" not in classes and "ControlNetLoader" not in classes, name
