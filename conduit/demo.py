@@ -30,6 +30,21 @@ def demo_graph(graph: dict, model: str) -> dict:
     return g
 
 
+def needs_missing_files(graph: dict, model: str) -> str | None:
+    """Why the plain demo graph (no demo_toy adaptation, as `thumbnails` runs it) cannot run on the embedded
+    model: it needs a ControlNet checkpoint or a table the toy model lacks. `make demo` adapts such graphs."""
+    if model != "embedded":
+        return None
+    if workflow.nodes_of(graph, "ControlNetLoader"):
+        return ("needs a ControlNet checkpoint (make demo swaps in the toy ControlNet; run it with "
+                "`python -m conduit run <name> --model keep` on a server that has one)")
+    for nid in workflow.nodes_of(graph, "ConduitBalancedStyle"):
+        if "sensitivity_table" not in graph[nid]["inputs"]:
+            return ("Conduit ships sensitivity tables for SDXL only, and the demo toy model is SD1.5-shaped (make demo "
+                    "computes the toy model's own table in the graph)")
+    return None
+
+
 def toy_jobs(names: list[str]) -> list[Job]:
     """Every workflow made for the toy model (conduit/demo_toy.py), each followed by its vanilla txt2img."""
     vanilla = demo_graph(workflow.load_api("txt2img_vanilla"), "embedded")
