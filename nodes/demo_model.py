@@ -24,11 +24,12 @@ def load_or_explain(load: Callable[[], Any], node: str, what: str, script: str) 
 @conduit_node(NODE)
 class ConduitDemoToyModelLoader:
     DESCRIPTION = ("DEMO ONLY. Loads Conduit's toy model: a tiny SD1.5-shaped UNet, VAE and text encoder trained "
-                   "on CPU on procedural 64x64 images of one textured shape on a plain background (captions like "
-                   "'a red striped star on a gray background'). It makes the pack's effects visible and measurable "
-                   "without downloading real weights; it is not a general image model. Its images are small and soft: "
-                   "the asked-for shape, colour and background most of the time, the texture about half the time "
-                   "(see docs/toy_world.md). Use 64x64 images "
+                   "on CPU on procedural 64x64 images of one textured shape on a plain or procedural background "
+                   "(captions like 'a red striped star on a gray background', or without the style or background "
+                   "words). It makes the pack's effects visible and measurable without downloading real weights; it "
+                   "is not a general image model, and this version is under-trained: small, soft images that get the "
+                   "asked-for colour most of the time and the shape and texture rarely (see docs/toy_world.md). "
+                   "Use 64x64 images "
                    "(EmptyLatentImage 64x64), cfg around 3-5, 20 steps.")
     CATEGORY = "conduit/demo"
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
