@@ -68,7 +68,6 @@ def counts(name: str, side: int, settings) -> list[tuple[str, int, int, int]]:
         vanilla = flops(lambda: run(*_inputs(name, len(cou), side, cou)))
         fork = fork_mod.PrefixFork("flops", keys[0], [(k[0], k[1], 0) for k in keys],
                                    lambda n, n2, f: dit_blur_op(settings.sigma, n, n2, f), lambda m, s: True, dit=True)
-        fork._fork_module = lambda m: dit_build_container(m, keys[0])
         x, t, c = _inputs(name, len(cou), side, cou)
         call = ApplyCall(x, t, c, model, run)
         slices = [s for k, s in fork_mod.chunk_slices(len(cou), cou) if k == 0]
@@ -105,12 +104,6 @@ def meta_dit_attention():
     finally:
         for m, fn in saved:
             m.optimized_attention = fn
-
-
-def dit_build_container(model, key):
-    from conduit_pack.patches.engine.families import family_of_model
-
-    return family_of_model(model, "bench", ("dit",)).container(model.diffusion_model, *key)
 
 
 def main(argv: list[str] | None = None) -> int:
