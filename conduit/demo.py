@@ -10,7 +10,7 @@ from . import demo_toy, workflow
 from . import jobs as jobs_mod
 from .cli_tables import render_heatmap
 from .errors import UsageError
-from .host import REPO_ROOT
+from .host import REPO_ROOT, find_host
 from .jobs import Job, native_size, open_servers, prepare_graph, run_jobs
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,6 @@ def toy_summary(jobs: list[Job], out: Path, host: str) -> list[str]:
 
 
 def _local_host() -> str:
-    from .host import find_host
-
     return find_host().describe()
 
 

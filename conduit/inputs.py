@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .demo_toy import toy_image
+
 SIZE = 256
 
 
@@ -55,9 +57,7 @@ IMAGES = {
 
 def _toy_input(name: str):
     def draw() -> Image.Image:
-        from .demo_toy import toy_image  # the demo toy model's inputs, drawn by its toy world
-
-        return toy_image(name)
+        return toy_image(name)  # the demo toy model's inputs, drawn by its toy world
     return draw
 
 
