@@ -21,6 +21,12 @@ UNET, DIT = "unet", "dit"
 BLOCK_ORDER = ("input", "middle", "output")
 
 
+def has_model_parts(model: Any) -> bool:
+    """Whether the object carries a model config and a diffusion model at all: anything else (a stand-in, a
+    foreign wrapper) is no family's, and telling so needs no ComfyUI import."""
+    return getattr(model, "model_config", None) is not None and getattr(model, "diffusion_model", None) is not None
+
+
 @dataclass(frozen=True)
 class UNetFamily:
     """An SD-style UNet: input blocks, one middle block, output blocks, each optionally holding a
@@ -37,6 +43,8 @@ class UNetFamily:
         return table_family == self.id or table_family in self.table_families
 
     def recognises(self, model: Any) -> bool:
+        if not has_model_parts(model):
+            return False
         import comfy.supported_models as sm
         from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -141,6 +149,8 @@ class DiTFamily:
         return _is_any(control_model, self.controlnets)
 
     def recognises(self, model: Any) -> bool:
+        if not has_model_parts(model):
+            return False
         import importlib
 
         import comfy.supported_models as sm

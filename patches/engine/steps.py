@@ -1,6 +1,8 @@
 """Step context inside a patch: current sigma against the run's schedule and the model's own sampling."""
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from .schedule import StepContext, percent_from_timestep, step_index
@@ -58,8 +60,9 @@ def percent_to_sigma(model_sampling, percent: float) -> float:
 
 def is_flow(model_sampling) -> bool:
     """Flow-matching (CONST) sampling, x = (1 - sigma) * x0 + sigma * noise: SD3/SD3.5, Flux, AuraFlow..."""
-    import comfy.model_sampling as ms
-
+    # An object can only be an instance of CONST once ComfyUI's module is loaded, so a stand-in model (the
+    # unit tier runs without ComfyUI) is answered without importing it.
+    ms = sys.modules.get("comfy.model_sampling")
     const = getattr(ms, "CONST", None)
     return const is not None and isinstance(model_sampling, const)
 
