@@ -1,16 +1,16 @@
 """python -m conduit help-pages: write the editor's per-node help pages (web/docs/<NodeId>.md).
-python -m conduit thumbnails: run each example workflow on the embedded demo toy model and save its first image
-as the template browser's thumbnail (example_workflows/<name>.jpg)."""
+python -m conduit toy-templates: write the toy templates (conduit/toy_templates.py), API graphs and editor twins.
+python -m conduit thumbnails: run each example workflow's toy form on the embedded demo toy model and save its
+first image as the template browser's thumbnail (example_workflows/<name>.jpg)."""
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import help_pages, workflow
-from .demo import demo_graph, needs_missing_files
-from .errors import UsageError
+from . import help_pages, toy_templates, workflow
 from .host import find_host, import_host
 from .jobs import Job, open_servers, run_jobs
 from .pack import import_pack
@@ -33,25 +33,27 @@ def cmd_help_pages(args: argparse.Namespace) -> int:
 THUMB_SIDE = 256  # the demo model draws 64x64; the browser's cards are larger, so the image is enlarged
 
 
+def thumbnail_graph(name: str) -> dict:
+    """What a template's thumbnail is a run of: a toy template as it is; a UNet workflow as its toy template;
+    a DiT workflow (the toy model is SD1.5-shaped) as the toy template of the same technique."""
+    if toy_templates.is_toy_template(name):
+        return workflow.load_api(name)
+    return toy_templates.toy_template(toy_templates.THUMBNAIL_SOURCES.get(name, name))
+
+
 def cmd_thumbnails(args: argparse.Namespace) -> int:
     from PIL import Image
 
     names = args.workflows or workflow.short_names()
-    skipped = {n: why for n in names if (why := needs_missing_files(workflow.load_api(n), "embedded"))}
-    written = []
-    jobs = []
-    for name in (n for n in names if n not in skipped):
-        try:
-            jobs.append(Job(name, demo_graph(workflow.load_api(name), "embedded")))
-        except UsageError as exc:  # SD3/Flux graphs refuse the SD1.5-shaped demo model
-            skipped[name] = str(exc)
+    jobs = [Job(name, thumbnail_graph(name)) for name in names]
+    written, failed = [], {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         clients = open_servers(stack, [])
         run_jobs(jobs, clients, Path(tmp))
         for job in jobs:
             pngs = [p for p in job.outputs if p.suffix == ".png"]
             if job.error or not pngs:
-                skipped[job.name] = f"no image: {job.error or 'the run saved none'}"
+                failed[job.name] = f"no image: {job.error or 'the run saved none'}"
                 continue
             with Image.open(pngs[0]) as img:
                 thumb = img.convert("RGB")
@@ -63,8 +65,22 @@ def cmd_thumbnails(args: argparse.Namespace) -> int:
                 written.append(path)
     for path in written:
         print(f"wrote {path.relative_to(workflow.REPO_ROOT)}")
-    for name, why in skipped.items():
+    for name, why in failed.items():
         print(f"{name}: no thumbnail ({why})")
+    return 1 if failed else 0
+
+
+def cmd_toy_templates(args: argparse.Namespace) -> int:
+    templates = toy_templates.all_templates()
+    with ExitStack() as stack:
+        (client,) = open_servers(stack, [])
+        info = client.object_info()
+    for name, graph in templates.items():
+        api_path = workflow.WORKFLOW_DIR / f"{name}{workflow.API_SUFFIX}"
+        api_path.write_text(json.dumps(graph, indent=1) + "\n")
+        ui_path = workflow.EXAMPLES_DIR / f"{name}.json"
+        ui_path.write_text(json.dumps(workflow.ui_from_api(graph, info), indent=1) + "\n")
+        print(f"wrote {api_path.relative_to(workflow.REPO_ROOT)} and {ui_path.relative_to(workflow.REPO_ROOT)}")
     return 0
 
 
@@ -73,6 +89,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                            "image as example_workflows/<name>.jpg")
     th.add_argument("workflows", nargs="*", help="short names (default: all)")
     th.set_defaults(func=cmd_thumbnails)
+    tt = sub.add_parser("toy-templates", help="write the toy templates (each technique on the demo toy model, as "
+                                              "it opens) to workflows/api/ and example_workflows/")
+    tt.set_defaults(func=cmd_toy_templates)
     hp = sub.add_parser("help-pages", help="write web/docs/<NodeId>.md for every node, from the declarations "
                                            "and docs/ (a host test checks they are current)")
     hp.set_defaults(func=cmd_help_pages)

@@ -6,43 +6,16 @@ import logging
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import demo_toy, workflow
+from . import demo_toy, toy_templates, workflow
 from . import jobs as jobs_mod
 from .cli_tables import render_heatmap
 from .errors import UsageError
 from .host import REPO_ROOT, find_host
-from .jobs import Job, native_size, open_servers, prepare_graph, run_jobs
+from .jobs import Job, demo_graph, open_servers, run_jobs
 
 log = logging.getLogger(__name__)
 
 VANILLA = "__vanilla"  # job-name suffix of a workflow's side-by-side baseline
-
-
-def demo_graph(graph: dict, model: str) -> dict:
-    """The graph at the demo model's own size and step count (jobs.DEMO_SIZE, jobs.DEMO_STEPS), with the
-    MLLM planner told to fall back to the user's prompt (no MLLM server here)."""
-    g = native_size(prepare_graph(graph, model))
-    for nid in workflow.nodes_of(g, "ConduitMLLMPlan"):
-        inputs = g[nid]["inputs"]
-        if not inputs.get("manual_prompt"):
-            inputs["manual_prompt"] = inputs.get("prompt", "")
-            inputs["on_failure"] = "use manual if given"
-    return g
-
-
-def needs_missing_files(graph: dict, model: str) -> str | None:
-    """Why the plain demo graph (no demo_toy adaptation, as `thumbnails` runs it) cannot run on the embedded
-    model: it needs a ControlNet checkpoint or a table the toy model lacks. `make demo` adapts such graphs."""
-    if model != "embedded":
-        return None
-    if workflow.nodes_of(graph, "ControlNetLoader"):
-        return ("needs a ControlNet checkpoint (make demo swaps in the toy ControlNet; run it with "
-                "`python -m conduit run <name> --model keep` on a server that has one)")
-    for nid in workflow.nodes_of(graph, "ConduitBalancedStyle"):
-        if "sensitivity_table" not in graph[nid]["inputs"]:
-            return ("Conduit ships sensitivity tables for SDXL only, and the demo toy model is SD1.5-shaped (make demo "
-                    "computes the toy model's own table in the graph)")
-    return None
 
 
 def toy_jobs(names: list[str]) -> list[Job]:
@@ -120,7 +93,8 @@ def render_tables(out: Path) -> list[Path]:
 
 def run_demo(out: Path, model: str = "embedded", servers: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    names = workflow.short_names()
+    # A toy template is the toy form of a technique workflow, which the demo runs anyway (toy_templates.py)
+    names = [n for n in workflow.short_names() if not toy_templates.is_toy_template(n)]
     with ExitStack() as stack:
         clients = open_servers(stack, servers or [], load_test_nodes=model.startswith("tiny-"))
         if model == "embedded" and workflow.DEMO_LOADER not in clients[0].object_info():

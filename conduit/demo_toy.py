@@ -16,8 +16,9 @@ import copy
 import io
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
+
+from conduit_pack.toyworld import demo_inputs  # registered by importing conduit (pack.py)
 
 from . import workflow
 
@@ -26,7 +27,7 @@ TOY_STYLE_GROUPS = "\n".join(
     " | ".join(f"a {c} {t} {s} on a gray background" for s in ("circle", "square", "star"))
     for c, t in (("red", "striped"), ("blue", "dotted"), ("green", "checkered"), ("yellow", "speckled"),
                  ("purple", "solid")))
-COW_BOX = 40  # the toy condition is drawn at the box size the demo gives COW (see condition_box)
+COW_BOX = demo_inputs.COW_BOX  # the toy condition is drawn at the box size the demo gives COW (condition_box)
 
 
 @dataclass(frozen=True)
@@ -63,31 +64,12 @@ CASES: dict[str, ToyCase] = {
 }
 IMAGE_NAMES = {"conduit_reference.png": "toy_reference.png", "conduit_condition.png": "toy_condition.png",
                "conduit_control.png": "toy_control.png", "conduit_background.png": "toy_background.png"}
-
-
-def _world():
-    import conduit  # noqa: F401  (registers conduit_pack)
-    from conduit_pack.toyworld import world
-
-    return world
+assert set(IMAGE_NAMES.values()) == set(demo_inputs.BY_FILE)
 
 
 def toy_image(name: str) -> Image.Image:
-    """The toy model's demo inputs, drawn by the toy world (64x64, the condition at its box size)."""
-    world = _world()
-    if name == "toy_reference.png":  # the style reference: a blue striped square
-        spec = world.Spec("square", "blue", "striped", "gray", 30.0, 33.0, 20.0, seed=3)
-        return Image.fromarray(world.render(spec).image)
-    if name == "toy_condition.png":  # COW's condition: its speckles are the identity
-        spec = world.Spec("circle", "red", "speckled", "gray", 32.0, 32.0, 26.0, seed=905)
-        return Image.fromarray(world.render(spec, size=COW_BOX).image)
-    if name == "toy_control.png":  # the ControlNet hint: a circle's silhouette off-centre
-        spec = world.Spec("circle", "red", "solid", "gray", 40.0, 24.0, 17.0)
-        return Image.fromarray((world.silhouette(spec) * 255).astype(np.uint8))
-    if name == "toy_background.png":  # Grad-SAM's reference: a yellow circle on a banded scene
-        spec = world.Spec("circle", "yellow", "solid", "bands", 22.0, 40.0, 16.0, seed=11)
-        return Image.fromarray(world.render(spec).image)
-    raise KeyError(name)
+    """The toy model's demo inputs (by file name), drawn by the toy world as Conduit Demo Toy Image draws them."""
+    return Image.fromarray(demo_inputs.draw(name))
 
 
 def png(name: str) -> bytes:

@@ -82,6 +82,18 @@ def native_size(graph: dict) -> dict:
     return graph
 
 
+def demo_graph(graph: dict, model: str) -> dict:
+    """The graph at the demo model's own size and step count (jobs.DEMO_SIZE, jobs.DEMO_STEPS), with the
+    MLLM planner told to fall back to the user's prompt (no MLLM server here)."""
+    g = native_size(prepare_graph(graph, model))
+    for nid in workflow.nodes_of(g, "ConduitMLLMPlan"):
+        inputs = g[nid]["inputs"]
+        if not inputs.get("manual_prompt"):
+            inputs["manual_prompt"] = inputs.get("prompt", "")
+            inputs["on_failure"] = "use manual if given"
+    return g
+
+
 @dataclass
 class Job:
     name: str

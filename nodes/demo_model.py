@@ -4,7 +4,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+import torch
+
 from ..patches.engine.errors import ConduitError
+from ..toyworld.demo_inputs import DEMO_INPUTS, draw
 from ._declare import conduit_node
 
 log = logging.getLogger(__name__)
@@ -71,3 +74,30 @@ class ConduitDemoToyControlNetLoader:
 
         return (load_or_explain(toy.load_toy_controlnet, CONTROLNET_NODE, "toy ControlNet weights",
                                 "scripts/train_toy.py --stage controlnet"),)
+
+
+IMAGE_NODE = "Conduit Demo Toy Image (demo only)"
+
+
+@conduit_node(IMAGE_NODE)
+class ConduitDemoToyImage:
+    DESCRIPTION = ("DEMO ONLY. Draws one of the demo toy model's input images with the toy world, so the toy "
+                   "templates run as they open with no file to put into ComfyUI's input folder: a style reference "
+                   "for Balanced Style, a speckled condition for COW, a silhouette hint for the toy ControlNet, a "
+                   "scene background for Grad-SAM. Use them with Conduit Demo Toy Model only; see docs/toy_world.md.")
+    CATEGORY = "conduit/demo"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The picture as an IMAGE (a batch of one), as Load Image would give it.",)
+    FUNCTION = "draw"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = list(DEMO_INPUTS)
+        return {"required": {"image": (names, {
+            "default": names[0],
+            "tooltip": "Which picture to draw (default style_reference): "
+                       + "; ".join(f"{name}, {item.what}" for name, item in DEMO_INPUTS.items()) + "."})}}
+
+    def draw(self, image: str):  # the input guard has already checked the choice
+        return (torch.from_numpy(draw(image)).float().div(255.0)[None],)

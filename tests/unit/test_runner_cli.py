@@ -194,7 +194,7 @@ def test_sets_win_over_the_demo_size_and_keep_leaves_the_workflow_alone():
 
 
 def test_demo_uses_the_same_size():
-    from conduit.demo import demo_graph
+    from conduit.jobs import demo_graph
 
     g = demo_graph(workflow.load_api("txt2img_vanilla"), "embedded")
     assert g["5"]["inputs"]["width"] == jobs.DEMO_SIZE and g["3"]["inputs"]["steps"] == jobs.DEMO_STEPS

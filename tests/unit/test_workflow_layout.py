@@ -13,3 +13,10 @@ def test_templates_and_api_twins_pair_up_and_the_browser_sees_only_templates():
     assert not stray, (f"{stray}: ComfyUI's template browser lists every workflows/*.json; put API twins in "
                        "workflows/api/ and editor workflows in example_workflows/")
     assert not [p.name for p in workflow.EXAMPLES_DIR.glob("*.api.json")]
+
+
+def test_every_template_has_its_thumbnail():
+    templates = {p.stem for p in workflow.EXAMPLES_DIR.glob("*.json")}
+    thumbs = {p.stem for p in workflow.EXAMPLES_DIR.glob("*.jpg")}
+    assert templates == thumbs, (f"without a thumbnail: {sorted(templates - thumbs)}, without a template: "
+                                 f"{sorted(thumbs - templates)}; run python -m conduit thumbnails")
