@@ -52,6 +52,22 @@
       return { widgets: (n.widgets ?? []).map((w) => [w.name, w.value]), size: [...n.size], imgs: shown,
                images: listed };
     },
+    canvasCenter() {
+      app.canvas.canvas.focus();
+      const b = app.canvas.canvas.getBoundingClientRect();
+      return [b.left + b.width / 2, b.top + b.height / 2];
+    },
+    searchResults() {
+      // the 2024 editor's LiteGraph search box, or the current frontend's node search dialog
+      const items = document.querySelectorAll(".litesearchbox .lite-search-item, .p-autocomplete-option");
+      return [...items].map((e) => e.innerText.replace(/\u00a0/g, " ").trim()).filter((t) => t);
+    },
+    searchOpen() {
+      return Boolean(document.querySelector(".litesearchbox, .comfy-vue-node-search-container"));
+    },
+    nodeCount(type) {
+      return nodes().filter((n) => n.type === type).length;
+    },
     fit() {
       const canvas = app.canvas;
       const all = nodes();

@@ -1,6 +1,7 @@
 """The real editor, as a user meets the pack: every UI workflow loads with every node known and every widget
-value where its input expects it, the nodes are found under conduit/..., no node covers another, a workflow
-queued from the page runs on the demo toy model and its image and text outputs show."""
+value where its input expects it, the nodes are found under conduit/... and by typing their names into the node
+search, no node covers another, a toy template queued from the page runs on the demo toy model and its image and
+text outputs show."""
 from __future__ import annotations
 
 import json
@@ -28,6 +29,67 @@ def test_every_conduit_node_is_in_the_editor_under_conduit(page):
     assert not missing, sorted(missing)
     for node_id in declared:
         assert types[node_id]["category"].startswith("conduit/"), (node_id, types[node_id])
+
+
+EMPTY = {"nodes": [], "links": [], "groups": [], "config": {}, "extra": {}, "version": 0.4, "last_node_id": 0,
+         "last_link_id": 0}
+
+
+def press(page, key: str, text: str = "") -> None:
+    """A real key press through the browser's input pipeline (keydown, keypress with text, keyup)."""
+    codes = {"Enter": 13, "Escape": 27}
+    named = {"key": key, "code": key, "windowsVirtualKeyCode": codes[key]} if key in codes else {"key": key}
+    text = "\r" if key == "Enter" else text
+    down = {"type": "keyDown", **named, **({"text": text, "unmodifiedText": text} if text else {})}
+    page.send("Input.dispatchKeyEvent", down)
+    page.send("Input.dispatchKeyEvent", {"type": "keyUp", **named})
+
+
+def type_into_node_search(page, text: str) -> list[str]:
+    """Open the node search as a user does (double-click on the empty canvas), type the text key by key, and
+    return the result rows once they have settled (the search box stays open)."""
+    x, y = page.js("window.conduitTest.canvasCenter()")
+    for count in (1, 2):
+        for kind in ("mousePressed", "mouseReleased"):
+            page.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": count})
+    page.wait_for("window.conduitTest.searchOpen()", timeout=20, every=0.1)
+    time.sleep(0.3)
+    for ch in text:
+        press(page, ch, ch)
+    rows, last = [], None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the search refreshes after a short debounce
+        time.sleep(0.3)
+        rows = page.js("window.conduitTest.searchResults()")
+        if rows == last and any(text.lower() in r.lower() for r in rows):
+            break
+        last = rows
+    return rows
+
+
+def test_typing_each_node_name_into_the_node_search_finds_it_and_enter_adds_it(page, object_info):
+    """What a user does: double-click the canvas, type the node's name. Every Conduit node is found by its display
+    name; the current frontend also shows its category (conduit > ...). Enter puts the first result on the canvas."""
+    page.js(f"window.conduitTest.load({json.dumps(EMPTY)})")
+    added = []
+    for node_id in sorted(declared_ids()):
+        page.js(f"window.conduitTest.load({json.dumps(EMPTY)})")  # an empty canvas centre to double-click
+        name = object_info[node_id]["display_name"]
+        rows = type_into_node_search(page, name.split(" (")[0])  # as typed: "(demo only)" is a label, not a word
+        hits = [r for r in rows if r.splitlines()[0].strip().startswith(name)]
+        assert hits, (name, rows[:5])
+        if "\n" in hits[0]:  # the current frontend's rows: name, category path, pack
+            assert "conduit > " in hits[0], hits[0]
+        if rows[0].splitlines()[0].strip() in (name, name + node_id):  # the 2024 box appends the node id
+            press(page, "Enter")
+            page.wait_for(f"window.conduitTest.nodeCount({json.dumps(node_id)}) == 1", timeout=20, every=0.2)
+            added.append(node_id)
+        else:  # another node ranks first (a longer name that starts the same): close the search instead
+            press(page, "Escape")
+        page.wait_for("!window.conduitTest.searchOpen()", timeout=20, every=0.2)
+    page.js(f"window.conduitTest.load({json.dumps(EMPTY)})")
+    # the exact name ranks first for all but names that another name extends (Conduit Grad-SAM Mask/Masks)
+    assert len(added) >= len(declared_ids()) - 3, sorted(set(declared_ids()) - set(added))
 
 
 def overlaps(nodes: list[dict]) -> list[tuple]:
