@@ -166,7 +166,7 @@ def run(quick: bool = False) -> dict:
     net = classifier.load()
     toy = load_toy()
     cases = range(3) if quick else range(len(CASES))
-    rows, images = evaluate(toy, net, cases, seeds=1 if quick else 2)
+    rows, images = evaluate(toy, net, cases, seeds=1 if quick else 4)
     summary_rows, found = summarise(rows)
     # the claim: COW keeps the identity better than the img2img baseline and follows the prompt outside better
     # than pasting

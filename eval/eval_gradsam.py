@@ -147,9 +147,9 @@ def summarise(rows: list[dict]) -> tuple[list[dict], dict]:
 def run(quick: bool = False) -> dict:
     net = classifier.load()
     toy = load_toy()
-    cases = range(3) if quick else range(6)
+    cases = range(3) if quick else range(len(CASES))
     denoises = (1.0,) if quick else DENOISES
-    rows, images = evaluate(toy, net, cases, denoises, seeds=1 if quick else 2, steps=10 if quick else 20,
+    rows, images = evaluate(toy, net, cases, denoises, seeds=1 if quick else 4, steps=10 if quick else 20,
                             official=not quick)
     summary_rows, found = summarise(rows)
     main = found.get("gradsam - img2img, denoise 1.0: bg_psnr")

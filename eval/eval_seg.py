@@ -67,12 +67,12 @@ def run_config(toy: Toy, net, model, prompts: list[str], seeds: int, cfg: float,
 
 def evaluate(toy: Toy, net, configs: dict, setting: str, quick: bool, steps: int):
     if setting == "unconditional":
-        prompts, cfg, seeds = [""] * (4 if quick else 6), 1.0, 8
+        prompts, cfg, seeds = [""] * (4 if quick else 16), 1.0, 8
         ref = np.stack([world.sample(i, 33, "train").image for i in range(len(prompts) * seeds)]) / 255.0
         truth = None
     else:
         caps = captions_for("heldout", 4, seed=3) + captions_for("train", 4, seed=3)
-        prompts, cfg, seeds = [caption_text(*c) for c in caps], 3.0, 2
+        prompts, cfg, seeds = [caption_text(*c) for c in caps], 3.0, 2 if quick else 6
         ref = reference_images(caps, seeds, seed=17)
         truth = [c for c in caps for _ in range(seeds)]
     _, ref_feats = classifier.predict(net, ref)
