@@ -102,6 +102,10 @@ def vae_ceiling(toy, net, captions, per: int, ref: np.ndarray) -> dict[str, floa
         labels, _ = classifier.predict(net, images)
         for k, key in ((0, "color"), (1, "texture"), (2, "shape")):
             out[f"{name}_{key}"] = float(np.mean([labels[key][i] == t[k] for i, t in enumerate(truth)]))
+            if name == "vae_roundtrip":  # per word, beside the model's per-word table
+                for word in sorted({t[k] for t in truth}):
+                    hits = [labels[key][i] == word for i, t in enumerate(truth) if t[k] == word]
+                    out[f"{name}_{key}_{word}"] = float(np.mean(hits))
     out["n"] = len(truth)
     return out
 
