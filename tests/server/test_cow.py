@@ -69,38 +69,32 @@ def box_pixels(png):
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64)[y:y + h, x:x + w]
 
 
-def disc_contrast(rgb, disc):
-    """How much bluer (B - (R + G) / 2) the condition's disc is than the rest of the box."""
-    blue = rgb[..., 2] - (rgb[..., 0] + rgb[..., 1]) / 2
-    return float(blue[disc].mean() - blue[~disc].mean())
+def luminance(rgb):
+    return rgb @ np.array([0.299, 0.587, 0.114])
 
 
-def carried(png, condition, disc):
-    """(disc contrast, Pearson correlation of the box's RGB pixels with the condition)."""
-    rgb = box_pixels(png)
-    return disc_contrast(rgb, disc), float(np.corrcoef(rgb.ravel(), condition.ravel())[0, 1])
+def carried(png, condition):
+    """Pearson correlation of the box's luminance with the condition's (eval_cow's identity measure)."""
+    return float(np.corrcoef(luminance(box_pixels(png)).ravel(), luminance(condition).ravel())[0, 1])
 
 
 def test_cow_seed_cycle_output_carries_the_condition(comfy_server):
     """COW's promise: the pasted condition survives into the output although the prompt asks for something
     else. The condition (an off-centre blue disc on gray, resized to the box here with PIL) is compared with
-    the box of the COW image and of the same graph run as plain txt2img at the same seed: COW keeps most of
-    the disc's blue contrast, where the disc is, and correlates with the condition; plain txt2img has
-    neither."""
+    the box of the COW image and of the same graph run as plain txt2img at the same seed, by luminance
+    correlation: COW keeps where the disc is, plain txt2img does not. (The toy model redraws the colour the
+    prompt names, yellow, over the disc, so the disc's blue itself is not what survives; eval_cow measures
+    identity by luminance too.)"""
     x, y, w, h = TOY_BOX
     off_centre_condition().save(comfy_server.workdir / "input" / CONDITION_FILE)
     condition = np.asarray(off_centre_condition().resize((w, h), Image.BILINEAR), dtype=np.float64)
-    disc = (condition[..., 2] > 150) & (condition[..., 0] < 100)
-    assert 0.1 < disc.mean() < 0.6
-    want = disc_contrast(condition, disc)  # about 130 of 255
     graph, sampler = toy_cow_graph()
     client = comfy_server.client()
     (cow_png,) = client.run(graph).images
     (plain_png,) = client.run(vanilla_twin(graph, sampler)).images
     assert Image.open(io.BytesIO(cow_png)).size == (64, 64)
-    (cow_c, cow_r), (plain_c, plain_r) = carried(cow_png, condition, disc), carried(plain_png, condition, disc)
-    assert cow_c > 0.6 * want and plain_c < 0.2 * want, (cow_c, plain_c, want)  # measured: ~0.9 and < 0
-    assert cow_r > 0.1 and cow_r > plain_r + 0.3, (cow_r, plain_r)  # measured: ~0.25 and ~-0.3
+    cow_r, plain_r = carried(cow_png, condition), carried(plain_png, condition)
+    assert cow_r > 0.1 and cow_r > plain_r + 0.4, (cow_r, plain_r)  # measured: 0.24 and -0.57
 
 
 def sow_graph(stub_url, api_key_env=KEY_ENV):

@@ -105,7 +105,10 @@ def test_the_registry_archive_holds_the_pack_and_no_development_material(packed)
     assert set(RUNTIME) <= shipped, sorted(set(RUNTIME) - shipped)
     assert not shipped & set(DEV_ONLY), sorted(shipped & set(DEV_ONLY))
     size = int((packed.parent / "size").read_text())
-    assert size < 20_000_000, size  # the demo model's weights are most of it
+    # the demo model's weights (toy UNet + VAE + CLIP and the toy ControlNet, 20 MB; the toy world's bound is 30 MB)
+    # are most of it, then under 2 MB of pictures (docs, thumbnails, help pages): anything larger is material
+    # that should not ship
+    assert size < 23_000_000, size
 
 
 @needs_checkers
