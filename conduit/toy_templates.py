@@ -10,8 +10,6 @@ example_workflows/); a unit test keeps the committed files equal to what this mo
 """
 from __future__ import annotations
 
-import copy
-
 from . import demo_toy, workflow
 from .jobs import demo_graph
 
@@ -38,7 +36,7 @@ def is_toy_template(name: str) -> bool:
 
 def toy_template(source: str) -> dict:
     """The API graph of the toy template made from the workflow `source`."""
-    g = copy.deepcopy(demo_toy.adapt(source, demo_graph(workflow.load_api(source), "embedded")))
+    g = demo_toy.adapt(source, demo_graph(workflow.load_api(source), "embedded"))  # a fresh copy
     for node in g.values():
         inputs = node["inputs"]
         if node["class_type"] == "LoadImage":

@@ -58,6 +58,12 @@ def pair_sample(toy: Toy, model, text_a: str, text_b: str, seed: int, steps: int
     return toy.decode(lat)
 
 
+def column(rows: list[dict], run: str, key: str) -> np.ndarray:
+    """One run's values of `key` in (pair, seed) order, so two runs pair up unit by unit."""
+    return np.array([float(r[key]) for r in sorted((r for r in rows if r["run"] == run),
+                                                    key=lambda r: (r["pair"], r["seed"]))])
+
+
 SHIFTS = (0.0, 2.0, 5.0)  # reference_attention_shift: the default, then e^2 and e^5 times the reference's mass
 
 
@@ -80,18 +86,13 @@ def attention_mass(toy: Toy, net, pairs, seeds: int, steps: int, quick: bool) ->
                       "a_takes_b_color": labels["color"][k] == style[0],
                       "a_takes_b_texture": labels["texture"][k] == style[1],
                       "a_keeps_shape": labels["shape"][k] == content[0]} for k in range(seeds)]
-
-    def col(run, key):
-        return np.array([float(r[key]) for r in sorted((r for r in rows if r["run"] == run),
-                                                        key=lambda r: (r["pair"], r["seed"]))])
-
     base = f"balanced style 1.0, shift {SHIFTS[0]:g}"
-    out = {f"{r}: {key}": float(col(r, key).mean()) for r in dict.fromkeys(x["run"] for x in rows)
+    out = {f"{r}: {key}": float(column(rows, r, key).mean()) for r in dict.fromkeys(x["run"] for x in rows)
            for key in ("a_takes_b_color", "a_keeps_shape")}
     for shift in SHIFTS[1:]:
         run = f"balanced style 1.0, shift {shift:g}"
-        out[f"{run} - shift 0: a_takes_b_color"] = stats.fmt(stats.paired_diff(col(run, "a_takes_b_color"),
-                                                                               col(base, "a_takes_b_color")))
+        diff = stats.paired_diff(column(rows, run, "a_takes_b_color"), column(rows, base, "a_takes_b_color"))
+        out[f"{run} - shift 0: a_takes_b_color"] = stats.fmt(diff)
     return rows, out
 
 
@@ -119,15 +120,11 @@ def run(quick: bool = False) -> dict:
                 if k == 0:
                     images.extend(imgs)
 
-    def col(run, key):
-        return np.array([float(r[key]) for r in sorted((r for r in rows if r["run"] == run),
-                                                        key=lambda r: (r["pair"], r["seed"]))])
-
-    found = {f"swap - no swap: {key}": stats.paired_diff(col("swap", key), col("no swap", key))
+    found = {f"swap - no swap: {key}": stats.paired_diff(column(rows, "swap", key), column(rows, "no swap", key))
              for key in ("a_takes_b_color", "a_takes_b_texture", "a_keeps_shape")}
     summary = {"status_color": stats.status(found["swap - no swap: a_takes_b_color"]),
                **{k: stats.fmt(v) for k, v in found.items()},
-               **{f"{run}: {key}": float(col(run, key).mean()) for run in ("no swap", "swap")
+               **{f"{run}: {key}": float(column(rows, run, key).mean()) for run in ("no swap", "swap")
                   for key in ("a_takes_b_color", "a_takes_b_texture", "a_keeps_shape", "b_is_b")}}
     mass_rows, mass = attention_mass(toy, net, pairs, seeds, steps, quick)
     summary.update(mass)

@@ -295,12 +295,17 @@ def lambda_t_report(toy: Toy, net, table, quick: bool, steps: int) -> dict:
     return {"lambda_t": summary, "by_config": summary_rows, "lambda_t_claims": found}
 
 
+def unit_index(rows: list[dict], ranking: str) -> tuple[list[tuple[int, int]], dict]:
+    """The (pair, seed) units of one ranking in a fixed order, and its rows by (lambda_s, pair, seed)."""
+    units = sorted({(r["pair"], r["seed"]) for r in rows if r["ranking"] == ranking})
+    return units, {(r["lambda_s"], r["pair"], r["seed"]): r for r in rows if r["ranking"] == ranking}
+
+
 def unit_array(rows: list[dict], lambdas, ranking: str, style: str = "colour and texture") -> np.ndarray:
     """[units, lambdas, 2] of (shape_ok, style) per (pair, seed) unit, in a fixed unit order. The claim's style
     match is the mean of colour and texture match; "colour" (a secondary read-out) counts the colour only, as
     textures are near ToyNet's ceiling through the toy VAE (quality suite, quality_ceiling)."""
-    units = sorted({(r["pair"], r["seed"]) for r in rows if r["ranking"] == ranking})
-    by = {(r["lambda_s"], r["pair"], r["seed"]): r for r in rows if r["ranking"] == ranking}
+    units, by = unit_index(rows, ranking)
 
     def match(r: dict) -> float:
         return float(r["color_match"]) if style == "colour" else (r["color_match"] + r["texture_match"]) / 2
@@ -331,8 +336,7 @@ def claims(rows: list[dict], lambdas=LAMBDAS, random_lambdas=()) -> dict:
         colour, lambda a: float(balance(a)[inner].max() - balance(a)[ends].max()))
     mid = lambdas.index(0.43) if 0.43 in lambdas else inner[0]
     out["colour_match_0.43_minus_0"] = stats.ci(colour, lambda a: float(a[:, mid, 1].mean() - a[:, 0, 1].mean()))
-    by = {(r["lambda_s"], r["pair"], r["seed"]): r for r in rows if r["ranking"] == "toy table"}
-    units = sorted({(r["pair"], r["seed"]) for r in rows if r["ranking"] == "toy table"})
+    units, by = unit_index(rows, "toy table")
     dist = np.array([[by[(lam, *u)]["ref_palette_dist"] for lam in (lambdas[0], lambdas[mid])] for u in units])
     out["ref_palette_dist_0.43_minus_0"] = stats.ci(dist, lambda a: float(np.nanmean(a[:, 1] - a[:, 0])))
     for i, lam in enumerate(lambdas):

@@ -97,7 +97,7 @@ class ConduitDemoToyImage:
         names = list(DEMO_INPUTS)
         return {"required": {"image": (names, {
             "default": names[0],
-            "tooltip": "Which picture to draw (default style_reference): "
+            "tooltip": f"Which picture to draw (default {names[0]}): "
                        + "; ".join(f"{name}, {item.what}" for name, item in DEMO_INPUTS.items()) + "."})}}
 
     def draw(self, image: str):  # the input guard has already checked the choice

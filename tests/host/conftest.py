@@ -32,3 +32,19 @@ def tiny_sdxl():
 @pytest.fixture(scope="session")
 def tiny_sd15():
     return testing.tiny_model("sd15")
+
+
+@pytest.fixture(scope="session")
+def toy():
+    """The demo toy model as the eval suites load it (the toy-world tests share one)."""
+    from eval.gen import load_toy
+
+    return load_toy()
+
+
+@pytest.fixture(scope="session")
+def net():
+    """ToyNet, the toy world's classifier (eval/classifier.py)."""
+    from eval import classifier
+
+    return classifier.load()

@@ -5,22 +5,10 @@ full-run 95 % interval excludes no effect, at a margin well inside the full run'
 full run does not show are not asserted here.
 """
 import numpy as np
-import pytest
 
 import conduit  # noqa: F401  (registers conduit_pack for the imports below)
 
-from eval import classifier, eval_cow
-from eval.gen import Toy, load_toy
-
-
-@pytest.fixture(scope="module")
-def toy() -> Toy:
-    return load_toy()
-
-
-@pytest.fixture(scope="module")
-def net():
-    return classifier.load()
+from eval import eval_cow
 
 
 def test_cow_carries_the_conditions_unnamed_identity_better_than_paste_and_img2img(toy, net):

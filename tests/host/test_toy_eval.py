@@ -1,6 +1,5 @@
 """The toy model and a reduced toy-world evaluation: only effects that are clear at a few seeds."""
 import numpy as np
-import pytest
 import torch
 
 import conduit  # noqa: F401  (registers conduit_pack for the imports below)
@@ -14,16 +13,6 @@ import conduit_pack.nodes.demo_model as demo
 import conduit_pack.nodes  # noqa: E402
 
 STEPS = 12
-
-
-@pytest.fixture(scope="module")
-def toy() -> Toy:
-    return load_toy()
-
-
-@pytest.fixture(scope="module")
-def net():
-    return classifier.load()
 
 
 def test_demo_loader_node_under_inference_mode():
