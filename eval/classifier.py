@@ -1,14 +1,20 @@
 """ToyNet: a small CNN trained on procedural toy-world images; reads shape, colour, texture and background.
 
 Its pooled features are the feature space of the toy Fréchet distance (an FID stand-in).
-Train with `python -m eval train-classifier` (seeded; 800 + 1000 steps, about 13 minutes on one free CPU
+Train with `python -m eval train-classifier` (seeded; 1500 + 1500 steps, about 10 minutes on one free CPU
 core); the weights are committed as eval/weights/toynet.safetensors.
+
+It reads images at full resolution and learns half of every batch from the toy VAE's round trip of the
+procedural images (`train(roundtrip=...)`): every generated image reaches it through that VAE, and a reader
+that only knew clean pictures took the VAE's small artefacts on a solid shape for speckles (measured:
+docs/toy_world.md, Quality). Retrain it whenever the toy VAE changes.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,7 +26,8 @@ from conduit_pack.toyworld import world
 log = logging.getLogger(__name__)
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "toynet.safetensors")
-INPUT = 32  # images are read at half resolution: 4x cheaper, textures (8 px period) still resolved
+INPUT = 64  # full resolution: at half resolution 12 px checks and 8 px speckles blurred into each other
+ROUNDTRIP_BANK = 4096  # VAE round trips made once per training run, half of every batch is drawn from them
 HEADS = {"shape": list(world.SHAPES), "color": list(world.COLORS), "texture": list(world.TEXTURES),
          "background": list(world.ALL_BACKGROUNDS)}  # v2: the four plain colours and the four scene kinds
 
@@ -30,8 +37,9 @@ class ToyNet(nn.Module):
         super().__init__()
         chans = [3, 32, 32, 64, 64, 128]
         layers = []
-        for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])):
-            layers += [nn.Conv2d(a, b, 3, stride=1 if i == 0 else 2, padding=1), nn.GroupNorm(8, b), nn.SiLU()]
+        for a, b in zip(chans[:-1], chans[1:]):
+            # the first layer reads every pixel (the textures' edges), the others halve the grid: 64 -> 4
+            layers += [nn.Conv2d(a, b, 3, stride=1 if a == 3 else 2, padding=1), nn.GroupNorm(8, b), nn.SiLU()]
         self.body = nn.Sequential(*layers)
         self.heads = nn.ModuleDict({k: nn.Linear(128, len(v)) for k, v in HEADS.items()})
 
@@ -96,9 +104,22 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
+Roundtrip = Callable[[np.ndarray], np.ndarray]  # images [B, H, W, 3] in [0, 1] -> the same through a VAE
+
+
+def roundtrip_bank(roundtrip: Roundtrip, count: int, seed: int) -> tuple[list[world.Sample], torch.Tensor]:
+    """Procedural samples (their own stream) and their VAE round trips as reader inputs [count, 3, H, W]."""
+    samples = world.batch(0, count, seed + 7, "all")
+    images = np.stack([s.image for s in samples]) / 255.0
+    out = [to_nchw(roundtrip(images[i:i + 64])) for i in range(0, count, 64)]
+    return samples, torch.cat(out)
+
+
 def train(steps: int = 600, batch: int = 64, seed: int = 1234, path: str | None = None,
-          resume_from: str | None = None, max_lr: float = 2e-3, first_batch: int = 0) -> dict[str, float]:
-    """Seeded training on fresh procedural batches; resume_from continues from saved weights (a second round)."""
+          resume_from: str | None = None, max_lr: float = 2e-3, first_batch: int = 0,
+          roundtrip: Roundtrip | None = None) -> dict[str, float]:
+    """Seeded training on fresh procedural batches; resume_from continues from saved weights (a second round).
+    With roundtrip, half of every batch is drawn from a bank of VAE round trips made once at the start."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -107,10 +128,16 @@ def train(steps: int = 600, batch: int = 64, seed: int = 1234, path: str | None 
     net = load(resume_from).train() if resume_from else ToyNet()
     opt = torch.optim.AdamW(net.parameters(), lr=max_lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps, pct_start=0.1)
+    bank = roundtrip_bank(roundtrip, ROUNDTRIP_BANK, seed + first_batch) if roundtrip else None
     bar = tqdm(range(steps), desc="toynet", mininterval=10.0, file=sys.stderr)
     for step in bar:
-        samples = world.batch((first_batch + step) * batch, batch, seed, "all")
+        fresh = batch // 2 if bank else batch
+        samples = world.batch((first_batch + step) * batch, fresh, seed, "all")
         x = augment(to_nchw(np.stack([s.image for s in samples]) / 255.0), gen)
+        if bank:
+            pick = torch.randint(len(bank[0]), (batch - fresh,), generator=gen)
+            samples = samples + [bank[0][i] for i in pick.tolist()]
+            x = torch.cat([x, bank[1][pick]])
         out = net(x)
         loss = sum(F.cross_entropy(out[k], torch.tensor([HEADS[k].index(getattr(s.spec, k)) for s in samples]))
                    for k in HEADS)
@@ -122,13 +149,20 @@ def train(steps: int = 600, batch: int = 64, seed: int = 1234, path: str | None 
             bar.set_postfix(loss=f"{loss.item():.3f}")
     net.eval()
     acc = accuracy_on_procedural(net, 512, seed + 1)
+    if roundtrip:
+        acc.update({f"roundtrip_{k}": v for k, v in accuracy_on_procedural(net, 512, seed + 1, roundtrip).items()})
     path = path or WEIGHTS
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
     return acc
 
 
-def accuracy_on_procedural(net: ToyNet, count: int = 512, seed: int = 99) -> dict[str, float]:
+def accuracy_on_procedural(net: ToyNet, count: int = 512, seed: int = 99,
+                           roundtrip: Roundtrip | None = None) -> dict[str, float]:
+    """ToyNet's accuracy per head on fresh procedural images (or on their round trips through a VAE)."""
     samples = world.batch(0, count, seed, "all")
-    labels, _ = predict(net, np.stack([s.image for s in samples]) / 255.0)
+    images = np.stack([s.image for s in samples]) / 255.0
+    if roundtrip:
+        images = np.concatenate([roundtrip(images[i:i + 64]) for i in range(0, count, 64)])
+    labels, _ = predict(net, images)
     return {k: float(np.mean([a == getattr(s.spec, k) for a, s in zip(labels[k], samples)])) for k in HEADS}

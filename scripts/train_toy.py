@@ -46,6 +46,7 @@ DEFAULT_WORK = ROOT / ".cache" / "toy_train"
 DEFAULT_CN_OUT = ROOT / "toyworld" / "weights" / "toy_controlnet.safetensors"
 VAE_STEPS = 600
 VAE_LR = 3e-4
+VAE_EDGE = 0.5
 
 
 def parse_args(argv=None):
@@ -60,8 +61,13 @@ def parse_args(argv=None):
     p.add_argument("--vae-steps", type=int, default=VAE_STEPS)
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-lr", type=float, default=VAE_LR)
+    p.add_argument("--vae-decoder-only", action="store_true",
+                   help="train only the decoder (the latents, and so a trained UNet, stay valid)")
+    p.add_argument("--vae-edge", type=float, default=VAE_EDGE, help="weight of the edge (image-gradient) loss")
     p.add_argument("--data", type=int, default=12000, help="training images encoded for the UNet")
     p.add_argument("--unet-steps", type=int, default=2600)
+    p.add_argument("--unet-init", type=Path, default=None,
+                   help="start from the UNet of an earlier toy model file (a fine-tune) instead of seeded weights")
     p.add_argument("--unet-batch", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=5e-4)
     p.add_argument("--unet-lr-end", type=float, default=0.1, help="cosine decay to this share of --unet-lr")
@@ -145,18 +151,44 @@ def initial_vae(args):
     return ae
 
 
-def vae_init_record(args) -> dict | None:
-    if args.vae_init is None:
+def file_record(path: Path | None) -> dict | None:
+    """An init file's name and hash for the recipe (the metadata says what a fine-tune started from)."""
+    if path is None:
         return None
     import hashlib
 
-    return {"file": args.vae_init.name, "sha256": hashlib.sha256(args.vae_init.read_bytes()).hexdigest()[:16]}
+    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+
+
+def vae_init_record(args) -> dict | None:
+    return file_record(args.vae_init)
+
+
+def edge_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between the images' finite differences (both directions): pixel losses alone let a small VAE trade a
+    texture's edges for a blur of the right mean colour, and the textures are the edges."""
+    dx = (rec[..., :, 1:] - rec[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
+    dy = (rec[..., 1:, :] - rec[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
+    return dx.abs().mean() + dy.abs().mean()
+
+
+def vae_trained_parameters(ae, decoder_only: bool) -> list[torch.nn.Parameter]:
+    """Everything, or (decoder_only) the decoder and post_quant_conv: the encoder, and so every latent the
+    UNet was trained on, stays as it is."""
+    if not decoder_only:
+        return list(ae.parameters())
+    for p in ae.parameters():
+        p.requires_grad_(False)
+    params = [*ae.decoder.parameters(), *ae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
 
 
 def train_vae(args) -> None:
     path = args.work / "vae.pt"
     ae = initial_vae(args)
-    opt = torch.optim.Adam(ae.parameters(), lr=args.vae_lr, betas=(0.9, 0.99))
+    opt = torch.optim.Adam(vae_trained_parameters(ae, args.vae_decoder_only), lr=args.vae_lr, betas=(0.9, 0.99))
     step = 0
     if path.exists():
         ck = torch.load(path, weights_only=True)
@@ -172,10 +204,13 @@ def train_vae(args) -> None:
     recent = []
     while step < args.vae_steps:
         x = images_tensor(step * args.vae_batch, args.vae_batch, args.seed + 100)
-        z, reg = ae.encode(x, return_reg_log=True)
+        with torch.set_grad_enabled(not args.vae_decoder_only):
+            z, reg = ae.encode(x, return_reg_log=True)
         rec = ae.decode(z)
         mse = (rec - x).pow(2).mean()
-        loss = mse + 0.1 * (rec - x).abs().mean() + 1e-6 * reg["kl_loss"]
+        loss = mse + 0.1 * (rec - x).abs().mean() + args.vae_edge * edge_loss(rec, x)
+        if not args.vae_decoder_only:
+            loss = loss + 1e-6 * reg["kl_loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -361,6 +396,10 @@ def train_unet(args) -> None:
     model = mp.model
     unet = model.diffusion_model
     zero_last_layers(unet, ("out.2", "out_layers.3", "proj_out"))
+    if args.unet_init is not None:  # a fine-tune of an earlier toy model's UNet (its EMA weights)
+        from safetensors.torch import load_file
+
+        unet.load_state_dict(toy.split_state(load_file(str(args.unet_init)))["unet"], strict=True)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, betas=(0.9, 0.99), weight_decay=0.0)
     path = args.work / "unet.pt"
@@ -558,7 +597,7 @@ def export_controlnet(args, control, step: int, history: dict, fingerprint: str)
 
     recipe = {
         "model": "Conduit toy ControlNet (demo only): ComfyUI ControlNet for the toy UNet, hint = shape silhouette",
-        "hint": "64x64 RGB, the shape's coverage white on black (toy.world.silhouette)", "world": "v2",
+        "hint": "64x64 RGB, the shape's coverage white on black (toy.world.silhouette)", "world": "v2.1",
         "seed": args.seed + CN_SEED_OFFSET, "toy_recipe_unet": toy.read_recipe(str(args.toy_weights)).get("unet"),
         "unet_fingerprint": fingerprint,
         "controlnet": {"steps": step, "batch": args.cn_batch, "lr": args.cn_lr, "uncond_p": args.cn_uncond_p,
@@ -592,16 +631,20 @@ def export(args, data=None, ema=None, unet_step=None, unet_loss=None) -> None:
     tensors.update({f"clip.{k}": v.half().contiguous() for k, v in data["clip_state"].items()})
     recipe = {
         "model": "Conduit toy model (demo only): SD1.5-shaped tiny UNet, tiny KL VAE, frozen random tiny CLIP",
-        "image_size": 64, "seed": args.seed, "world": "v2",
+        "image_size": 64, "seed": args.seed, "world": "v2.1",
         "world_settings": {"scene_p": world.SCENE_P, "caption_drop": world.CAPTION_DROP,
-                           "scenes": list(world.SCENES), "checker_cell": world.CHECK},
-        "vae": {"steps": vae_ck["step"], "batch": args.vae_batch, "lr": args.vae_lr, "mse": vae_ck.get("mse"),
+                           "scenes": list(world.SCENES), "checker_cell": world.CHECK,
+                           "speckle_block": world.SPECKLE, "dot_radius": world.DOT_RADIUS,
+                           "radius": list(world.RADIUS)},
+        "vae": {"steps": vae_ck["step"], "batch": args.vae_batch, "lr": args.vae_lr, "edge": args.vae_edge,
+                "mse": vae_ck.get("mse"),
                 "init": json.loads(vae_ck.get("init", "null"))},
         "data": args.data,
         "unet_topology": {k: v for k, v in build.FAMILIES[toy.FAMILY].items() if isinstance(v, (int, list))},
         "unet": {"steps": unet_step, "target_steps": args.unet_steps, "batch": args.unet_batch,
                  "lr": args.unet_lr, "lr_end": args.unet_lr_end, "schedule": "warm-up 200, cosine",
-                 "ema": args.ema, "uncond_p": args.uncond_p, "loss": unet_loss},
+                 "ema": args.ema, "uncond_p": args.uncond_p, "loss": unet_loss,
+                 "init": file_record(args.unet_init)},
         "latent_stats": data["stats"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,10 @@ v2 leaves room for each technique's effect (docs/toy_world.md):
   * training captions drop the colour and/or texture word (`caption_variant`), so "a star on a gray
     background" samples varied styles and a style reference is the only thing that can set them
     (Balanced Style);
-  * "speckled" is a random 8 px block pattern, different for every seed: an identity inside the shape that
+  * "speckled" is a random 12 px block pattern, different for every seed: an identity inside the shape that
     no caption can name (COW's condition).
+v2.1 (this file) coarsens the textures (16 px checks, 12 px speckles, 10 px dots) and enlarges the shapes, so
+that every texture survives the toy VAE's round trip (docs/toy_world.md, "v2.1").
 Invariant the measures rely on: subjects are saturated palette colours, every background is desaturated
 (`MAX_BG_SATURATION`), so the subject is found by saturation on any background.
 """
@@ -52,10 +54,14 @@ MAX_BG_SATURATION = 0.3
 CAPTION_DROP = {"keep": 0.4, "both": 0.3, "color": 0.15, "texture": 0.15}
 # The texture's second tone: the shape's colour darkened, so every texture keeps the asked-for hue.
 DARK = 0.4
-# Stripes, dots and checks repeat every 16 px (two latent cells) and speckles are 8 px blocks, so the
-# 8x-down-sampling VAE can carry every texture in the latent itself instead of inventing it while decoding.
+# Stripes and dots repeat every 16 px (two latent cells), checks are 16 px cells and speckles 12 px blocks:
+# at 12 px checks and 8 px speckles the toy VAE's round trip (8x down-sampling) left dots, checks and speckles
+# as the same dark blotches, which neither a reader nor a person could tell apart (docs/toy_world.md).
 PERIOD = 16
-CHECK = 12
+CHECK = 16
+SPECKLE = 12
+DOT_RADIUS = 5.0
+RADIUS = (17.0, 23.0)  # circumradius range in pixels
 
 
 def held_out(color: str, texture: str, shape: str) -> bool:
@@ -130,7 +136,7 @@ def random_spec(rng: np.random.Generator, split: str = "train", seed: int = 0, *
         bg = SCENES[int(rng.integers(len(SCENES)))]
     else:
         bg = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
-    radius = float(rng.uniform(15.0, 22.0))
+    radius = float(rng.uniform(*RADIUS))
     margin = radius + 2.0
     cx = float(rng.uniform(margin, SIZE - margin))
     cy = float(rng.uniform(margin, SIZE - margin))
@@ -189,13 +195,15 @@ def texture_pattern(texture: str, phase: tuple[int, int] = (0, 0), size: int = S
     if texture == "dotted":
         dx = (xx + px) % PERIOD - PERIOD / 2 + 0.5
         dy = (yy + py) % PERIOD - PERIOD / 2 + 0.5
-        return np.clip(4.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
-    if texture == "checkered":  # 12 px cells (v1's 8 px cells were exactly a latent cell and came out speckled)
+        return np.clip(DOT_RADIUS - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
+    if texture == "checkered":
         return ((((xx + px) // CHECK) + ((yy + py) // CHECK)) % 2).astype(np.float32)
-    if texture == "speckled":  # random 8x8-pixel blocks, about 40 % dark, on a random grid offset
+    if texture == "speckled":  # random SPECKLE-px blocks, about 40 % dark, on a random grid offset
         rng = rng or np.random.default_rng(0)
-        cells = (rng.random((size // 8 + 2, size // 8 + 2)) < 0.4).astype(np.float32)
-        return np.kron(cells, np.ones((8, 8), np.float32))[py % 8:py % 8 + size, px % 8:px % 8 + size]
+        n = size // SPECKLE + 2
+        cells = (rng.random((n, n)) < 0.4).astype(np.float32)
+        oy, ox = py % SPECKLE, px % SPECKLE
+        return np.kron(cells, np.ones((SPECKLE, SPECKLE), np.float32))[oy:oy + size, ox:ox + size]
     raise ValueError(f"unknown texture {texture!r}")
 
 
