@@ -112,7 +112,7 @@ def set_prompts(graph: dict, case: ToyCase) -> None:
 
 
 def condition_box(graph: dict) -> None:
-    """COW's box at the toy condition's own size (so its 8 px speckles stay on the latent grid), top left at
+    """COW's box at the toy condition's own size (so its speckles are never rescaled), top left at
     (8, 16) like the eval; the SOW workflow's manual boxes follow."""
     for nid in workflow.nodes_of(graph, "ConduitCOWSeedCanvas"):
         graph[nid]["inputs"].update(box_x=8.0, box_y=16.0, box_w=float(COW_BOX), box_h=float(COW_BOX),

@@ -6,13 +6,15 @@
 
 Stages, each checkpointed under --work so a killed run resumes where it stopped:
   1. vae     the tiny KL autoencoder of toyworld/build.py (ComfyUI's AutoencoderKL, 8x down, 4 channels)
-             on 64x64 toy images: MSE + L1 reconstruction, KL weight 1e-6.
+             on 64x64 toy images: MSE + L1 reconstruction + an edge loss (L1 of the image gradients, weight
+             --vae-edge), KL weight 1e-6; --vae-init fine-tunes an earlier toy model's VAE.
   2. encode  rescale the VAE so that ComfyUI's SD1.5 latent scale (0.18215) gives unit-variance, zero-mean
              latents, then encode --data training images (posterior mean and std kept).
   3. unet    the tiny SD1.5-shaped UNet (toyworld/build.py "sd15": 32 channels, cross-attention at the
              8x8, 4x4 and 2x2 latent grids) with the model's own epsilon objective on ComfyUI's discrete
              1000-step schedule (model_sampling of the ComfyUI model), frozen random CLIP-shaped text
-             encoder through ComfyUI's tokenizer and encode path, 10 % empty captions for CFG, EMA weights.
+             encoder through ComfyUI's tokenizer and encode path, 10 % empty captions for CFG, EMA weights;
+             --unet-init fine-tunes an earlier toy model's UNet.
   4. export  one safetensors file (unet.*, vae.*, clip.*) with the recipe in its metadata; also written
              at every UNet checkpoint so partial progress is usable.
   controlnet (only when asked for) a ComfyUI ControlNet (comfy.cldm.cldm.ControlNet) for the toy UNet of
@@ -44,7 +46,7 @@ log = logging.getLogger("train_toy")
 DEFAULT_OUT = ROOT / "toyworld" / "weights" / "toy_sd15.safetensors"
 DEFAULT_WORK = ROOT / ".cache" / "toy_train"
 DEFAULT_CN_OUT = ROOT / "toyworld" / "weights" / "toy_controlnet.safetensors"
-VAE_STEPS = 600
+VAE_STEPS = 1500
 VAE_LR = 3e-4
 VAE_EDGE = 0.5
 
@@ -59,17 +61,17 @@ def parse_args(argv=None):
     p.add_argument("--vae-init", type=Path, default=None,
                    help="start the VAE from this toy model file's vae.* (a fine-tune) instead of seeded weights")
     p.add_argument("--vae-steps", type=int, default=VAE_STEPS)
-    p.add_argument("--vae-batch", type=int, default=8)
+    p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=VAE_LR)
     p.add_argument("--vae-decoder-only", action="store_true",
                    help="train only the decoder (the latents, and so a trained UNet, stay valid)")
     p.add_argument("--vae-edge", type=float, default=VAE_EDGE, help="weight of the edge (image-gradient) loss")
     p.add_argument("--data", type=int, default=12000, help="training images encoded for the UNet")
-    p.add_argument("--unet-steps", type=int, default=2600)
+    p.add_argument("--unet-steps", type=int, default=8000)
     p.add_argument("--unet-init", type=Path, default=None,
                    help="start from the UNet of an earlier toy model file (a fine-tune) instead of seeded weights")
     p.add_argument("--unet-batch", type=int, default=32)
-    p.add_argument("--unet-lr", type=float, default=5e-4)
+    p.add_argument("--unet-lr", type=float, default=3e-4)
     p.add_argument("--unet-lr-end", type=float, default=0.1, help="cosine decay to this share of --unet-lr")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond-p", type=float, default=0.1)

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import world
 
-COW_BOX = 40  # the COW condition is drawn at the box size the demo templates give COW (8 px speckles on the grid)
+COW_BOX = 40  # the COW condition is drawn at the box size the demo templates give COW (never rescaled)
 
 
 @dataclass(frozen=True)
