@@ -28,6 +28,7 @@ TOY_STYLE_GROUPS = "\n".join(
     for c, t in (("red", "striped"), ("blue", "dotted"), ("green", "checkered"), ("yellow", "speckled"),
                  ("purple", "solid")))
 COW_BOX = demo_inputs.COW_BOX  # the toy condition is drawn at the box size the demo gives COW (condition_box)
+TOY_GRADSAM_DILATION = 1  # the toy's 8x8 latent: the setting at which the eval shows Grad-SAM's effect
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ CASES: dict[str, ToyCase] = {
                                               "silhouette hint is (toy ControlNet, gated by lambda_T)."),
     "gradsam_background": ToyCase("a red striped triangle",
                                   "The prompt names no background: vanilla draws some scene, Grad-SAM keeps the "
-                                  "reference's scene around the new subject.", subject="red striped triangle"),
+                                  "reference's scene around the new subject (mask dilation 1 for the toy's 8x8 "
+                                  "latent; the default 3 is for SD/SDXL latents).", subject="red striped triangle"),
     "cow_seed_cycle": ToyCase("a red speckled circle on a black background",
                               "The condition's own speckle pattern (no caption can name it) stays in its box, "
                               "the prompt's black background grows around it; vanilla has neither."),
@@ -106,7 +108,9 @@ def set_prompts(graph: dict, case: ToyCase) -> None:
     for nid in workflow.nodes_of(graph, "CLIPTextEncode"):
         graph[nid]["inputs"]["text"] = case.prompt if nid in positives else ""
     for nid in workflow.nodes_of(graph, "ConduitGradSAMSampler"):
-        graph[nid]["inputs"].update(prompt=case.prompt, subject=case.subject)
+        # dilation 1: the node's default of 3 latent pixels is sized for SD/SDXL latents and covers most of the
+        # toy's 8x8 latent, so nothing of the reference would be kept (docs/toy_world.md measures both)
+        graph[nid]["inputs"].update(prompt=case.prompt, subject=case.subject, dilation=TOY_GRADSAM_DILATION)
     for nid in workflow.nodes_of(graph, "ConduitMLLMPlan"):
         graph[nid]["inputs"].update(prompt=case.prompt, manual_prompt=case.prompt)
 
