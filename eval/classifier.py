@@ -107,12 +107,15 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 Roundtrip = Callable[[np.ndarray], np.ndarray]  # images [B, H, W, 3] in [0, 1] -> the same through a VAE
 
 
+def round_trip(roundtrip: Roundtrip, images: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """Images [B, H, W, 3] through the VAE in chunks, so a large bank never holds one huge activation."""
+    return np.concatenate([roundtrip(images[i:i + chunk]) for i in range(0, len(images), chunk)])
+
+
 def roundtrip_bank(roundtrip: Roundtrip, count: int, seed: int) -> tuple[list[world.Sample], torch.Tensor]:
     """Procedural samples (their own stream) and their VAE round trips as reader inputs [count, 3, H, W]."""
     samples = world.batch(0, count, seed + 7, "all")
-    images = np.stack([s.image for s in samples]) / 255.0
-    out = [to_nchw(roundtrip(images[i:i + 64])) for i in range(0, count, 64)]
-    return samples, torch.cat(out)
+    return samples, to_nchw(round_trip(roundtrip, np.stack([s.image for s in samples]) / 255.0))
 
 
 def train(steps: int = 600, batch: int = 64, seed: int = 1234, path: str | None = None,
@@ -163,6 +166,6 @@ def accuracy_on_procedural(net: ToyNet, count: int = 512, seed: int = 99,
     samples = world.batch(0, count, seed, "all")
     images = np.stack([s.image for s in samples]) / 255.0
     if roundtrip:
-        images = np.concatenate([roundtrip(images[i:i + 64]) for i in range(0, count, 64)])
+        images = round_trip(roundtrip, images)
     labels, _ = predict(net, images)
     return {k: float(np.mean([a == getattr(s.spec, k) for a, s in zip(labels[k], samples)])) for k in HEADS}

@@ -162,10 +162,6 @@ def file_record(path: Path | None) -> dict | None:
     return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
 
 
-def vae_init_record(args) -> dict | None:
-    return file_record(args.vae_init)
-
-
 def edge_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """L1 between the images' finite differences (both directions): pixel losses alone let a small VAE trade a
     texture's edges for a blur of the right mean colour, and the textures are the edges."""
@@ -223,7 +219,7 @@ def train_vae(args) -> None:
             bar.set_postfix(mse=f"{np.mean(recent[-20:]):.4f}")
         if step % args.ckpt_every == 0 or step == args.vae_steps or stop():
             torch.save({"model": ae.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "mse": float(np.mean(recent[-50:])), "init": json.dumps(vae_init_record(args))}, path)
+                        "mse": float(np.mean(recent[-50:])), "init": json.dumps(file_record(args.vae_init))}, path)
             log.info("vae step %d mse %.5f", step, np.mean(recent[-50:]))
         if stop():
             log.warning("vae stopped early at step %d (--vae-max-minutes)", step)
