@@ -19,60 +19,78 @@ VANILLA = "__vanilla"  # job-name suffix of a workflow's side-by-side baseline
 
 
 def toy_jobs(names: list[str]) -> list[Job]:
-    """Every workflow made for the toy model (conduit/demo_toy.py), each followed by its vanilla txt2img."""
+    """Every workflow made for the toy model (conduit/demo_toy.py) at demo_toy.SEEDS seeds from its own, each
+    run followed by vanilla txt2img at the same seed."""
     vanilla = demo_graph(workflow.load_api("txt2img_vanilla"), "embedded")
     jobs = []
     for n in names:
         graph = demo_toy.adapt(n, demo_graph(workflow.load_api(n), "embedded"))
-        jobs.append(Job(n, graph))
-        base = demo_toy.vanilla_graph(n, graph, vanilla)
-        if base is not None:
-            jobs.append(Job(n + VANILLA, base))
+        first = demo_toy.first_seed(graph)
+        seeds = [None] if first is None else [first + k for k in range(demo_toy.SEEDS)]
+        for seed in seeds:
+            g = graph if seed is None else demo_toy.with_seed(graph, seed)
+            jobs.append(Job(n, g, seed))
+            base = demo_toy.vanilla_graph(n, g, vanilla)
+            if base is not None:
+                jobs.append(Job(n + VANILLA, base, seed))
     return jobs
 
 
-def picture(job: Job, vanilla: Job | None, out: Path) -> Path | None:
-    """inputs | vanilla | technique outputs, side by side (out/compare_<workflow>.png)."""
+def _images(job: Job | None) -> list[Path]:
+    """A run's pictures, the technique's image first and its masks after it."""
+    if job is None:
+        return []
+    return sorted((p for p in job.outputs if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")),
+                  key=lambda p: "mask" in p.name)
+
+
+def picture(runs: list[Job], vanillas: list[Job], out: Path) -> Path | None:
+    """The inputs, then a column per seed: vanilla on top, the technique's outputs below
+    (out/compare_<workflow>.png)."""
     from PIL import Image
 
-    tiles = []
-    for nid in workflow.nodes_of(job.graph, "LoadImage"):
-        name = job.graph[nid]["inputs"].get("image")
+    inputs = []
+    for nid in workflow.nodes_of(runs[0].graph, "LoadImage"):
+        name = runs[0].graph[nid]["inputs"].get("image")
         if name in demo_toy.IMAGE_NAMES.values():
-            tiles.append((f"input {name[4:-4]}", demo_toy.toy_image(name)))
-    if vanilla is not None:
-        tiles += [("vanilla", Image.open(p)) for p in vanilla.outputs if p.suffix.lower() == ".png"][:1]
-    images = sorted((p for p in job.outputs if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")),
-                    key=lambda p: "mask" in p.name)  # the technique's image first, then its masks
-    tiles += [(p.stem[len(job.stem) + 1:][:24] or job.name, Image.open(p)) for p in images[:4]]
-    if not tiles:
+            inputs.append((f"input {name[4:-4]}", demo_toy.toy_image(name)))
+    by_seed = {v.seed: v for v in vanillas}
+    columns = []
+    for job in runs:
+        seed = f" seed {job.seed}" if job.seed is not None else ""
+        column = [(f"vanilla{seed}", Image.open(p)) for p in _images(by_seed.get(job.seed))[:1]]
+        column += [((p.stem[len(job.stem) + 1:][:24] or job.name) + seed, Image.open(p)) for p in _images(job)[:4]]
+        if column:
+            columns.append(column)
+    if not columns and not inputs:
         return None
-    path = out / f"compare_{job.name}.png"
-    demo_toy.side_by_side(tiles).save(path)
+    path = out / f"compare_{runs[0].name}.png"
+    demo_toy.compare_grid(inputs, columns).save(path)
     return path
 
 
 def toy_summary(jobs: list[Job], out: Path, host: str) -> list[str]:
     """summary.md's per-workflow section: the picture, what to look for, host and size."""
-    by = {j.name: j for j in jobs}
     lines = ["", f"Host: {host}. Model: the demo toy model at its trained size, {jobs_mod.DEMO_SIZE}x"
-                 f"{jobs_mod.DEMO_SIZE} ({jobs_mod.DEMO_STEPS} steps at most); prompts from its training captions.",
+                 f"{jobs_mod.DEMO_SIZE} ({jobs_mod.DEMO_STEPS} steps at most); prompts from its training captions. "
+                 f"Each picture shows {demo_toy.SEEDS} consecutive seeds from the workflow's own, none picked.",
              ""]
-    for j in jobs:
-        if j.name.endswith(VANILLA):
-            continue
-        case = demo_toy.CASES.get(j.name)
-        lines += [f"## {j.name}", ""]
+    names = list(dict.fromkeys(j.name for j in jobs if not j.name.endswith(VANILLA)))
+    for name in names:
+        runs = [j for j in jobs if j.name == name]
+        case = demo_toy.CASES.get(name)
+        lines += [f"## {name}", ""]
         if case is not None and case.prompt:
             lines.append(f"Prompt: `{case.prompt}`.")
         if case is not None:
             lines.append(f"Look for: {case.look_for}")
-        if j.error is None:
-            pic = picture(j, by.get(j.name + VANILLA), out)
-            if pic is not None:
-                lines += ["", f"![{j.name}]({pic.name})"]
+        failed = [j for j in runs if j.error is not None]
+        if failed:
+            lines.append(f"FAILED ({failed[0].label}): {(str(failed[0].error).splitlines() or [''])[0]}")
         else:
-            lines.append(f"FAILED: {(str(j.error).splitlines() or [''])[0]}")
+            pic = picture(runs, [j for j in jobs if j.name == name + VANILLA], out)
+            if pic is not None:
+                lines += ["", f"![{name}]({pic.name})"]
         lines.append("")
     return lines
 
@@ -111,7 +129,7 @@ def run_demo(out: Path, model: str = "embedded", servers: list[str] | None = Non
         run_jobs(jobs, clients, out)
         host = servers[0] if servers else _local_host()
     heatmaps = render_tables(out)
-    summary = [{"workflow": j.name, "ok": j.error is None, "seconds": round(j.seconds, 2),
+    summary = [{"workflow": j.label, "ok": j.error is None, "seconds": round(j.seconds, 2),
                 "outputs": [p.name for p in j.outputs], "error": j.error} for j in jobs]
     summary += [{"workflow": n, "ok": None, "outputs": [], "error": why} for n, why in skipped.items()]
     summary.append({"workflow": "sensitivity heatmaps", "ok": True, "outputs": [p.name for p in heatmaps]})

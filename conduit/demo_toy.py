@@ -8,7 +8,9 @@ On the embedded toy model the demo runs each of them at the toy's own size (64x6
   * the toy ControlNet (Conduit Demo Toy ControlNet) in place of a ControlNet checkpoint;
   * the toy model's own style table for Balanced Style, computed in the same graph by the Sensitivity
     Analysis node over five toy styles (the shipped tables are SDXL's);
-and each technique's output is shown next to vanilla txt2img of the same prompt, seed, size and steps.
+and each technique's output is shown next to vanilla txt2img of the same prompt, seed, size and steps, for
+SEEDS consecutive seeds from the workflow's own: one seed can hide an effect the technique has on average, or
+show one it rarely has, and the demo picks no seed.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ TOY_STYLE_GROUPS = "\n".join(
                  ("purple", "solid")))
 COW_BOX = demo_inputs.COW_BOX  # the toy condition is drawn at the box size the demo gives COW (condition_box)
 TOY_GRADSAM_DILATION = 1  # the toy's 8x8 latent: the setting at which the eval shows Grad-SAM's effect
+SEEDS = 4  # columns of every demo picture: the workflow's seed and the next three
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,25 @@ def adapt(name: str, graph: dict) -> dict:
     return g
 
 
+def first_seed(graph: dict) -> int | None:
+    """The workflow's own sampling seed (the first seed widget outside loaders)."""
+    seeds = [n["inputs"][k] for n in graph.values() for k in workflow.SEED_NAMES
+             if isinstance(n["inputs"].get(k), int) and n["class_type"] != workflow.DEMO_LOADER]
+    return seeds[0] if seeds else None
+
+
+def with_seed(graph: dict, seed: int) -> dict:
+    """The graph at another sampling seed. The analysis node keeps its own seed, so every column uses the same
+    toy style table (and the server computes it once)."""
+    g = copy.deepcopy(graph)
+    kept = {nid: {k: v for k, v in g[nid]["inputs"].items() if k in workflow.SEED_NAMES}
+            for nid in workflow.nodes_of(g, "ConduitSensitivityAnalysis")}
+    workflow.set_seeds(g, seed)
+    for nid, seeds in kept.items():
+        g[nid]["inputs"].update(seeds)
+    return g
+
+
 def vanilla_graph(name: str, graph: dict, vanilla: dict) -> dict | None:
     """Plain txt2img with the workflow's toy prompt and first seed: the side-by-side baseline."""
     case = CASES.get(name)
@@ -172,24 +194,29 @@ def vanilla_graph(name: str, graph: dict, vanilla: dict) -> dict | None:
         return None
     g = copy.deepcopy(vanilla)
     set_prompts(g, case)
-    seeds = [n["inputs"][k] for n in graph.values() for k in workflow.SEED_NAMES
-             if isinstance(n["inputs"].get(k), int) and n["class_type"] != workflow.DEMO_LOADER]
+    seed = first_seed(graph)
     for nid in workflow.nodes_of(g, "KSampler"):
-        if seeds:
-            g[nid]["inputs"]["seed"] = seeds[0]
+        if seed is not None:
+            g[nid]["inputs"]["seed"] = seed
     return g
 
 
-def side_by_side(tiles: list[tuple[str, Image.Image]], scale: int = 3) -> Image.Image:
-    """Tiles scaled up (nearest) next to each other with a caption strip above each."""
+Tile = tuple[str, Image.Image]
+
+
+def compare_grid(inputs: list[Tile], columns: list[list[Tile]], scale: int = 3) -> Image.Image:
+    """The inputs in the first column, then one column per seed (vanilla on top, the technique's outputs
+    below), tiles scaled up (nearest) with a caption strip above each."""
     from PIL import ImageDraw
 
-    size = 64 * scale
-    strip = 14
-    canvas = Image.new("RGB", (len(tiles) * (size + 4), size + strip), (255, 255, 255))
+    size, strip, gap = 64 * scale, 14, 4
+    cells = [inputs, *columns]
+    rows = max((len(c) for c in cells), default=0)
+    canvas = Image.new("RGB", (len(cells) * (size + gap), rows * (size + strip)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    for i, (label, img) in enumerate(tiles):
-        tile = img.convert("RGB").resize((size, size), Image.NEAREST)
-        canvas.paste(tile, (i * (size + 4), strip))
-        draw.text((i * (size + 4) + 2, 1), label[:30], fill=(0, 0, 0))
+    for i, column in enumerate(cells):
+        for j, (label, img) in enumerate(column):
+            x, y = i * (size + gap), j * (size + strip)
+            canvas.paste(img.convert("RGB").resize((size, size), Image.NEAREST), (x, y + strip))
+            draw.text((x + 2, y + 1), label[:30], fill=(0, 0, 0))
     return canvas

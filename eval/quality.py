@@ -91,6 +91,18 @@ def per_word(rows: list[dict]) -> list[dict]:
     return out
 
 
+def texture_confusion(rows: list[dict]) -> list[dict]:
+    """For each asked-for texture, the share of images ToyNet read as each texture: where a missed word goes
+    (drawn as another texture, or as solid) says whether the model blurs it or confuses it."""
+    out = []
+    for asked in world.TEXTURES:
+        read = [r["texture"] for r in rows if r["asked"][1] == asked]
+        if read:
+            out.append({"asked_texture": asked, **{f"read_{t}": read.count(t) / len(read) for t in world.TEXTURES},
+                        "n": len(read)})
+    return out
+
+
 def vae_ceiling(toy, net, captions, per: int, ref: np.ndarray) -> dict[str, float]:
     """What ToyNet reads when the image is perfect up to the toy VAE: procedural images of the captions, encoded
     and decoded by the model's own VAE. No UNet can score above this through this VAE and this reader, so it
@@ -124,9 +136,10 @@ def run(quick: bool = False) -> dict:
         results[name] = summary
         words = per_word(rows)
         results[f"{name}_per_word"] = words
+        results[f"{name}_texture_confusion"] = confusion = texture_confusion(rows)
         for r in rows:
             r["asked"] = " ".join(r["asked"])
-        report.write(f"quality_{name}", summary, words + rows, __doc__)
+        report.write(f"quality_{name}", summary, words + confusion + rows, __doc__)
         report.grid(images[: 16 * seeds], seeds * 4, report.out_dir() / f"quality_{name}.png", scale=2)
     rand = load_toy(random_unet_seed=0)
     summary, rows, _ = evaluate(rand, net, captions_for("heldout", 8, seed=5), 2)

@@ -24,12 +24,19 @@ def fmt(v) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """Rows as Markdown, one table per run of rows with the same columns (a suite may list per-word rows, then
+    per-image rows: one header for both would leave the second kind blank)."""
     if not rows:
         return "(no rows)\n"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    tables, start = [], 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or list(rows[i]) != list(rows[start]):
+            cols = list(rows[start])
+            lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows[start:i]]
+            tables.append("\n".join(lines) + "\n")
+            start = i
+    return "\n".join(tables)
 
 
 def write(name: str, summary: dict, rows: list[dict], notes: str = "") -> Path:
