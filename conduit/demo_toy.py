@@ -8,6 +8,8 @@ On the embedded toy model the demo runs each of them at the toy's own size (64x6
   * the toy ControlNet (Conduit Demo Toy ControlNet) in place of a ControlNet checkpoint;
   * the toy model's own style table for Balanced Style, computed in the same graph by the Sensitivity
     Analysis node over five toy styles (the shipped tables are SDXL's);
+  * cfg 4 on every sampler, the guidance the toy model's quality and every eval experiment are measured at
+    (the workflows' 5-8 are for SDXL and over-saturate the toy model);
 and each technique's output is shown next to vanilla txt2img of the same prompt, seed, size and steps, for
 SEEDS consecutive seeds from the workflow's own: one seed can hide an effect the technique has on average, or
 show one it rarely has, and the demo picks no seed.
@@ -32,6 +34,7 @@ TOY_STYLE_GROUPS = "\n".join(
 COW_BOX = demo_inputs.COW_BOX  # the toy condition is drawn at the box size the demo gives COW (condition_box)
 TOY_GRADSAM_DILATION = 1  # the toy's 8x8 latent: the setting at which the eval shows Grad-SAM's effect
 SEEDS = 4  # columns of every demo picture: the workflow's seed and the next three
+TOY_CFG = 4.0  # eval/gen.py CFG: the guidance of the toy model's quality table and of the eval's experiments
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,14 @@ def set_prompts(graph: dict, case: ToyCase) -> None:
         graph[nid]["inputs"].update(prompt=case.prompt, manual_prompt=case.prompt)
 
 
+def toy_guidance(graph: dict) -> None:
+    """Every sampler (KSampler, SamplerCustom, COW's inversion) at the toy model's cfg."""
+    for node in graph.values():
+        value = node["inputs"].get("cfg")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            node["inputs"]["cfg"] = TOY_CFG
+
+
 def condition_box(graph: dict) -> None:
     """COW's box at the toy condition's own size (so its speckles are never rescaled), top left at
     (8, 16) like the eval; the SOW workflow's manual boxes follow."""
@@ -141,7 +152,7 @@ def toy_table(graph: dict) -> None:
     nid = str(max(int(k) for k in graph if k.isdigit()) + 1)
     graph[nid] = {"class_type": "ConduitSensitivityAnalysis", "inputs": {
         "model": model, "clip": clip, "groups": TOY_STYLE_GROUPS, "content": "", "negative": "",
-        "samples_per_group": 2, "steps": 12, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+        "samples_per_group": 2, "steps": 12, "cfg": TOY_CFG, "sampler_name": "euler", "scheduler": "normal",
         "width": 64, "height": 64, "seed": 0, "dimension": "style", "filename_prefix": "sensitivity/toy_style",
         "images_per_group": 2}}
     for t in targets:
@@ -162,7 +173,8 @@ def adapt(name: str, graph: dict) -> dict:
         if node["class_type"] == "ControlNetLoader":
             node["class_type"], node["inputs"] = "ConduitDemoToyControlNetLoader", {}
         if node["class_type"] == "ConduitSensitivityAnalysis":
-            inputs.update(groups=TOY_STYLE_GROUPS, content="", negative="", cfg=4.0)
+            inputs.update(groups=TOY_STYLE_GROUPS, content="", negative="")
+    toy_guidance(g)
     condition_box(g)
     toy_table(g)
     return g
@@ -194,6 +206,7 @@ def vanilla_graph(name: str, graph: dict, vanilla: dict) -> dict | None:
         return None
     g = copy.deepcopy(vanilla)
     set_prompts(g, case)
+    toy_guidance(g)
     seed = first_seed(graph)
     for nid in workflow.nodes_of(g, "KSampler"):
         if seed is not None:

@@ -40,3 +40,38 @@ def test_cow_condition_is_drawn_at_the_box_size():
     g = demo.toy_jobs(["cow_seed_cycle"])[0].graph
     (canvas,) = workflow.nodes_of(g, "ConduitCOWSeedCanvas")
     assert g[canvas]["inputs"]["box_w"] == demo_toy.toy_image("toy_condition.png").size[0] == demo_toy.COW_BOX
+
+
+def test_each_workflow_runs_at_consecutive_seeds_with_vanilla_at_the_same_seed_and_one_style_table():
+    jobs = demo.toy_jobs(["balanced_style_sdxl", "gradsam_background"])
+    for name in ("balanced_style_sdxl", "gradsam_background"):
+        runs = [j for j in jobs if j.name == name]
+        base = {j.seed: j for j in jobs if j.name == name + demo.VANILLA}
+        first = demo_toy.first_seed(demo_toy.adapt(name, demo.demo_graph(workflow.load_api(name), "embedded")))
+        assert [j.seed for j in runs] == [first + k for k in range(demo_toy.SEEDS)]
+        assert set(base) == {j.seed for j in runs}
+        for j in runs:
+            assert demo_toy.first_seed(j.graph) == j.seed == demo_toy.first_seed(base[j.seed].graph)
+    styles = [j.graph for j in jobs if j.name == "balanced_style_sdxl"]
+    analysis = [{k: v for k, v in g[n]["inputs"].items() if not isinstance(v, list)}
+                for g in styles for n in workflow.nodes_of(g, "ConduitSensitivityAnalysis")]
+    assert len(analysis) == demo_toy.SEEDS and all(a == analysis[0] for a in analysis)  # same table every column
+
+
+def test_every_sampler_runs_at_the_toy_models_cfg():
+    names = [n for n in workflow.short_names() if n in demo_toy.CASES]
+    for job in demo.toy_jobs(names):
+        cfgs = [n["inputs"]["cfg"] for n in job.graph.values() if "cfg" in n["inputs"]]
+        assert cfgs and set(cfgs) == {demo_toy.TOY_CFG}, (job.name, cfgs)
+
+
+def test_the_compare_grid_puts_inputs_first_and_one_column_per_seed():
+    from PIL import Image
+
+    red, blue = Image.new("RGB", (64, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (0, 0, 255))
+    grid = demo_toy.compare_grid([("input", red)], [[("vanilla", blue), ("conduit", red)], [("vanilla", blue)]],
+                                 scale=1)
+    assert grid.size == (3 * (64 + 4), 2 * (64 + 14))
+    px = grid.load()
+    assert px[30, 14 + 30] == (255, 0, 0) and px[68 + 30, 14 + 30] == (0, 0, 255)  # input, then vanilla on top
+    assert px[68 + 30, 78 + 14 + 30] == (255, 0, 0) and px[136 + 30, 78 + 14 + 30] == (255, 255, 255)
