@@ -46,7 +46,7 @@ log = logging.getLogger("train_toy")
 DEFAULT_OUT = ROOT / "toyworld" / "weights" / "toy_sd15.safetensors"
 DEFAULT_WORK = ROOT / ".cache" / "toy_train"
 DEFAULT_CN_OUT = ROOT / "toyworld" / "weights" / "toy_controlnet.safetensors"
-VAE_STEPS = 1500
+VAE_STEPS = 500
 VAE_LR = 3e-4
 VAE_EDGE = 0.5
 
@@ -141,8 +141,8 @@ def new_vae(seed: int):
 
 
 def initial_vae(args):
-    """Seeded weights, or (--vae-init) the VAE of an earlier toy model file: the shipped v2 VAE is a
-    fine-tune of the v1 model's VAE on the v2 world."""
+    """Seeded weights, or (--vae-init) the VAE of an earlier toy model file: every shipped VAE since v2 is a
+    fine-tune of the one before on its own world (docs/toy_world.md, Training recipe)."""
     ae = new_vae(args.seed + 2)
     if args.vae_init is not None:
         from safetensors.torch import load_file
@@ -592,10 +592,11 @@ def export_controlnet(args, control, step: int, history: dict, fingerprint: str)
     from safetensors.torch import save_file
 
     from conduit_pack.toyworld import demo_model as toy
+    from conduit_pack.toyworld import world
 
     recipe = {
         "model": "Conduit toy ControlNet (demo only): ComfyUI ControlNet for the toy UNet, hint = shape silhouette",
-        "hint": "64x64 RGB, the shape's coverage white on black (toy.world.silhouette)", "world": "v2.1",
+        "hint": "64x64 RGB, the shape's coverage white on black (toy.world.silhouette)", "world": world.VERSION,
         "seed": args.seed + CN_SEED_OFFSET, "toy_recipe_unet": toy.read_recipe(str(args.toy_weights)).get("unet"),
         "unet_fingerprint": fingerprint,
         "controlnet": {"steps": step, "batch": args.cn_batch, "lr": args.cn_lr, "uncond_p": args.cn_uncond_p,
@@ -629,11 +630,11 @@ def export(args, data=None, ema=None, unet_step=None, unet_loss=None) -> None:
     tensors.update({f"clip.{k}": v.half().contiguous() for k, v in data["clip_state"].items()})
     recipe = {
         "model": "Conduit toy model (demo only): SD1.5-shaped tiny UNet, tiny KL VAE, frozen random tiny CLIP",
-        "image_size": 64, "seed": args.seed, "world": "v2.1",
+        "image_size": 64, "seed": args.seed, "world": world.VERSION,
         "world_settings": {"scene_p": world.SCENE_P, "caption_drop": world.CAPTION_DROP,
                            "scenes": list(world.SCENES), "checker_cell": world.CHECK,
                            "speckle_block": world.SPECKLE, "dot_radius": world.DOT_RADIUS,
-                           "radius": list(world.RADIUS)},
+                           "texture_phase_step": world.CELL, "radius": list(world.RADIUS)},
         "vae": {"steps": vae_ck["step"], "batch": args.vae_batch, "lr": args.vae_lr, "edge": args.vae_edge,
                 "mse": vae_ck.get("mse"),
                 "init": json.loads(vae_ck.get("init", "null"))},

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+VERSION = "v2.2"  # recorded in the toy model's metadata (scripts/train_toy.py)
 SIZE = 64
 SUPERSAMPLE = 4
 
