@@ -14,10 +14,10 @@ v2 leaves room for each technique's effect (docs/toy_world.md):
     no caption can name (COW's condition).
 v2.1 coarsens the textures (16 px checks, 12 px speckles, 10 px dots) and enlarges the shapes, so that every
 texture survives the toy VAE's round trip (docs/toy_world.md, "v2.1").
-v2.2 (this file) puts the textures on one fixed latent grid: dots sit on the centres of every other latent cell,
-checks cover 2x2 cells and speckles are single random cells (8 px), all at one phase, so a regular texture is
-one pattern of latent cells that the UNet paints inside the shape, not one of many shifts it must pick and keep
-across the shape (docs/toy_world.md, "v2.2").
+v2.2 (this file) anchors every texture on its shape: the pattern's origin is the shape's centre (a dot or a
+check corner sits there), so a texture is one fixed pattern relative to the shape, which the UNet paints as it
+draws the shape, instead of an arbitrary shift it must pick and keep across the shape; speckles are 8 px
+(docs/toy_world.md, "v2.2").
 Invariant the measures rely on: subjects are saturated palette colours, every background is desaturated
 (`MAX_BG_SATURATION`), so the subject is found by saturation on any background.
 """
@@ -59,11 +59,11 @@ MAX_BG_SATURATION = 0.3
 CAPTION_DROP = {"keep": 0.4, "both": 0.3, "color": 0.15, "texture": 0.15}
 # The texture's second tone: the shape's colour darkened, so every texture keeps the asked-for hue.
 DARK = 0.4
-# Stripes and dots repeat every 16 px (two latent cells), checks are 16 px cells and speckles 8 px cells, all on
-# the grid of CELL (the VAE's 8x down-sampling) at phase 0. With free phases (v2.1: any pixel; a v2.2 trial: any
-# whole cell) the model drew "dotted" and "checkered" right in at most 0.53 of held-out images although the VAE
-# kept them: it drew cells of the right tones in no regular order (docs/toy_world.md, "v2.2").
-CELL = 8
+# Stripes and dots repeat every 16 px (two latent cells), checks are 16 px cells and speckles 8 px blocks, each
+# pattern anchored on the shape's centre. With a pattern anchored on the image (v2.1: any shift; two v2.2 trials:
+# any whole latent cell, and one fixed shift) the model drew "dotted" and "checkered" right in at most 0.53 of
+# held-out images although the VAE kept them: it drew cells of the right tones in no regular order
+# (docs/toy_world.md, "v2.2").
 PERIOD = 16
 CHECK = 16
 SPECKLE = 8
@@ -97,7 +97,6 @@ class Spec:
     cx: float  # centre in pixels
     cy: float
     radius: float  # circumscribed radius in pixels
-    phase: tuple[int, int] = (0, 0)
     seed: int = 0
 
     @property
@@ -189,27 +188,29 @@ def shape_mask(spec: Spec, size: int = SIZE) -> np.ndarray:
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def texture_pattern(texture: str, phase: tuple[int, int] = (0, 0), size: int = SIZE,
+def texture_pattern(texture: str, origin: tuple[float, float] = (SIZE / 2, SIZE / 2), size: int = SIZE,
                     rng: np.random.Generator | None = None) -> np.ndarray:
-    """Where the darker tone goes: float32 [size, size] in [0, 1]."""
+    """Where the darker tone goes: float32 [size, size] in [0, 1], the pattern anchored at `origin` (x, y in
+    pixels of this size: the shape's centre), so it moves with the shape."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    px, py = phase
+    u, v = xx + 0.5 - origin[0], yy + 0.5 - origin[1]  # pixel centres relative to the origin
     if texture == "solid":
         return np.zeros((size, size), np.float32)
-    if texture == "striped":  # diagonal stripes, half dark
-        return (((xx + yy + px) % PERIOD) < PERIOD / 2).astype(np.float32)
-    if texture == "dotted":  # dot centres on latent-cell centres (CELL / 2 in from the cell's corner)
-        dx = (xx + px + CELL / 2) % PERIOD - PERIOD / 2 + 0.5
-        dy = (yy + py + CELL / 2) % PERIOD - PERIOD / 2 + 0.5
-        return np.clip(DOT_RADIUS - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
-    if texture == "checkered":
-        return ((((xx + px) // CHECK) + ((yy + py) // CHECK)) % 2).astype(np.float32)
-    if texture == "speckled":  # random SPECKLE-px blocks, about 40 % dark, offset by the phase
+    if texture == "striped":  # diagonal stripes, half dark, a stripe edge through the origin
+        return (((u + v) % PERIOD) < PERIOD / 2).astype(np.float32)
+    if texture == "dotted":  # a dot on the origin and every PERIOD px from it
+        du = (u + PERIOD / 2) % PERIOD - PERIOD / 2
+        dv = (v + PERIOD / 2) % PERIOD - PERIOD / 2
+        return np.clip(DOT_RADIUS - np.sqrt(du * du + dv * dv), 0.0, 1.0)
+    if texture == "checkered":  # four checks meet at the origin
+        return ((np.floor(u / CHECK) + np.floor(v / CHECK)) % 2).astype(np.float32)
+    if texture == "speckled":  # random SPECKLE-px blocks, about 40 % dark, on a grid through the origin
         rng = rng or np.random.default_rng(0)
-        n = size // SPECKLE + 2
+        n = 2 * (size // SPECKLE + 2)
         cells = (rng.random((n, n)) < 0.4).astype(np.float32)
-        oy, ox = py % SPECKLE, px % SPECKLE
-        return np.kron(cells, np.ones((SPECKLE, SPECKLE), np.float32))[oy:oy + size, ox:ox + size]
+        iu = np.clip(np.floor(u / SPECKLE).astype(int) + n // 2, 0, n - 1)
+        iv = np.clip(np.floor(v / SPECKLE).astype(int) + n // 2, 0, n - 1)
+        return cells[iv, iu]
     raise ValueError(f"unknown texture {texture!r}")
 
 
@@ -263,7 +264,8 @@ def render(spec: Spec, size: int = SIZE) -> Sample:
     rng = np.random.default_rng(spec.seed)
     mask = shape_mask(spec, size)
     base = np.array(COLORS[spec.color], np.float32)
-    pattern = texture_pattern(spec.texture, spec.phase, size, rng)[..., None]
+    k = size / SIZE
+    pattern = texture_pattern(spec.texture, (spec.cx * k, spec.cy * k), size, rng)[..., None]
     fg = base * (1.0 - pattern) + base * DARK * pattern
     bg = background_image(spec, size)
     img = bg * (1.0 - mask[..., None]) + fg * mask[..., None]
