@@ -634,7 +634,7 @@ def export(args, data=None, ema=None, unet_step=None, unet_loss=None) -> None:
         "world_settings": {"scene_p": world.SCENE_P, "caption_drop": world.CAPTION_DROP,
                            "scenes": list(world.SCENES), "checker_cell": world.CHECK,
                            "speckle_block": world.SPECKLE, "dot_radius": world.DOT_RADIUS,
-                           "texture_phase_step": world.CELL, "radius": list(world.RADIUS)},
+                           "texture_anchor": "shape centre", "radius": list(world.RADIUS)},
         "vae": {"steps": vae_ck["step"], "batch": args.vae_batch, "lr": args.vae_lr, "edge": args.vae_edge,
                 "mse": vae_ck.get("mse"),
                 "init": json.loads(vae_ck.get("init", "null"))},
