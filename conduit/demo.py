@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -44,6 +45,11 @@ def _images(job: Job | None) -> list[Path]:
                   key=lambda p: "mask" in p.name)
 
 
+def _label(path: Path, job: Job) -> str:
+    """An output's tile label: its SaveImage prefix without the run's name and ComfyUI's file counter."""
+    return re.sub(r"_?\d+_?$", "", path.stem[len(job.stem) + 1:]).removeprefix("conduit_")[:22] or job.name
+
+
 def picture(runs: list[Job], vanillas: list[Job], out: Path) -> Path | None:
     """The inputs, then a column per seed: vanilla on top, the technique's outputs below
     (out/compare_<workflow>.png)."""
@@ -59,7 +65,7 @@ def picture(runs: list[Job], vanillas: list[Job], out: Path) -> Path | None:
     for job in runs:
         seed = f" seed {job.seed}" if job.seed is not None else ""
         column = [(f"vanilla{seed}", Image.open(p)) for p in _images(by_seed.get(job.seed))[:1]]
-        column += [((p.stem[len(job.stem) + 1:][:24] or job.name) + seed, Image.open(p)) for p in _images(job)[:4]]
+        column += [(_label(p, job) + seed, Image.open(p)) for p in _images(job)[:4]]
         if column:
             columns.append(column)
     if not columns and not inputs:

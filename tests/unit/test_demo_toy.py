@@ -24,7 +24,10 @@ def test_every_workflow_runs_on_the_toy_model_with_its_own_prompt_inputs_and_fil
         texts = [g[nid]["inputs"]["text"] for nid in workflow.nodes_of(g, "CLIPTextEncode")]
         if case.prompt:
             assert case.prompt in texts and set(texts) <= {case.prompt, ""}, (name, texts)
-        if name not in ("txt2img_vanilla", "sensitivity_analysis"):
+        if case.own_vanilla:  # SEG saves its own vanilla run: no second one beside it
+            assert name + demo.VANILLA not in jobs
+            assert any("vanilla" in g[n]["inputs"]["filename_prefix"] for n in workflow.nodes_of(g, "SaveImage"))
+        elif name not in ("txt2img_vanilla", "sensitivity_analysis"):
             base = jobs[name + demo.VANILLA].graph
             assert {base[n]["inputs"]["text"] for n in workflow.nodes_of(base, "CLIPTextEncode")} == {case.prompt, ""}
 
