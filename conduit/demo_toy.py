@@ -56,9 +56,10 @@ CASES: dict[str, ToyCase] = {
     "balanced_style_sdxl": ToyCase("a star on a white background",
                                    "The prompt names no colour or texture: vanilla draws some style, Balanced "
                                    "Style pulls it toward the reference's (blue, striped) and keeps the prompt's "
-                                   "star. On the toy model the pull is partial: the eval measures the palette "
-                                   "distance to the reference's colour down by 0.23 at lambda_S 0.43, and a "
-                                   "fully blue star in about one seed in four (docs/toy_world.md)."),
+                                   "star. On the toy model the pull is partial: in the eval the subject takes the "
+                                   "reference's colour in one image in four at lambda_S 0.43 (one in nine "
+                                   "without the reference), and its colour moves toward the reference's in most "
+                                   "(docs/toy_world.md)."),
     "balanced_style_controlnet_sdxl": ToyCase("a circle on a white background",
                                               "The reference's style on the prompt's circle, placed where the "
                                               "silhouette hint is (toy ControlNet, gated by lambda_T)."),
