@@ -51,7 +51,10 @@ def cmd_thumbnails(args: argparse.Namespace) -> int:
         clients = open_servers(stack, [])
         run_jobs(jobs, clients, Path(tmp))
         for job in jobs:
-            pngs = [p for p in job.outputs if p.suffix == ".png"]
+            # the technique's own image, not a vanilla twin or a mask; by name, since the server lists the
+            # outputs of independent SaveImage nodes in no fixed order
+            pngs = sorted((p for p in job.outputs if p.suffix == ".png"),
+                          key=lambda p: ("vanilla" in p.name, "mask" in p.name, p.name))
             if job.error or not pngs:
                 failed[job.name] = f"no image: {job.error or 'the run saved none'}"
                 continue

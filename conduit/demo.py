@@ -38,11 +38,12 @@ def toy_jobs(names: list[str]) -> list[Job]:
 
 
 def _images(job: Job | None) -> list[Path]:
-    """A run's pictures, the technique's image first and its masks after it."""
+    """A run's pictures top to bottom: a vanilla twin it saves itself, the technique's image, then its masks,
+    by name within each (the server lists independent SaveImage outputs in no fixed order)."""
     if job is None:
         return []
     return sorted((p for p in job.outputs if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")),
-                  key=lambda p: "mask" in p.name)
+                  key=lambda p: ("vanilla" not in p.name, "mask" in p.name, p.name))
 
 
 def _label(path: Path, job: Job) -> str:

@@ -71,10 +71,12 @@ CASES: dict[str, ToyCase] = {
                                   "cover most of the latent and the last steps redraw the rest, so little of the "
                                   "scene shows; the eval measures +5.4 dB background PSNR over img2img over 32 "
                                   "images (docs/toy_world.md).", subject="red striped triangle"),
-    "cow_seed_cycle": ToyCase("a red speckled circle on a black background",
+    # white, not black: on a black background the toy model frays a dark-speckled shape's edge into the
+    # background and adds a blot above it, which hides what COW keeps
+    "cow_seed_cycle": ToyCase("a red speckled circle on a white background",
                               "The condition's own speckle pattern (no caption can name it) stays in its box, "
-                              "the prompt's black background grows around it; vanilla has neither."),
-    "sow_mllm": ToyCase("a red speckled circle on a black background",
+                              "the prompt's white background grows around it; vanilla has neither."),
+    "sow_mllm": ToyCase("a red speckled circle on a white background",
                         "As COW, with SOW's attention modulation (no MLLM here: the manual boxes are used)."),
     "sensitivity_analysis": ToyCase("", "The toy model's own style sensitivity table over five toy styles, as "
                                         "a heatmap."),

@@ -27,7 +27,11 @@ def small_cow(graph, seed_node, canvas=(128, 96), box=(32.0, 0.0, 64.0, 64.0)):
 
 
 TOY_BOX = (8, 8, 48, 48)  # x, y, w, h on the toy model's 64 x 64 canvas
-TOY_PROMPT = "a yellow striped square on a black background"  # unlike the condition (a blue disc on gray)
+# Unlike the condition (a blue disc on gray), on a background brighter than the disc as the condition's gray is:
+# identity is measured by luminance, and a black background would turn the disc's surround darker than the disc
+# and the correlation negative wherever COW grows the prompt's background inside the box.
+TOY_PROMPT = "a yellow striped square on a white background"
+TOY_CFG = 4.0  # the toy model's guidance (its quality table and the eval); the workflow's 7.5 is for SD
 CONDITION_FILE = "conduit_test_cow_condition.png"
 
 
@@ -49,6 +53,9 @@ def toy_cow_graph(condition_file=CONDITION_FILE):
     sampler = workflow.nodes_of(graph, "SamplerCustom")[0]
     positive = graph[sampler]["inputs"]["positive"][0]
     workflow.set_input(graph, positive, "text", TOY_PROMPT)
+    for node in graph.values():  # the sampler and the inversion
+        if "cfg" in node["inputs"]:
+            node["inputs"]["cfg"] = TOY_CFG
     return graph, sampler
 
 
@@ -94,7 +101,8 @@ def test_cow_seed_cycle_output_carries_the_condition(comfy_server):
     (plain_png,) = client.run(vanilla_twin(graph, sampler)).images
     assert Image.open(io.BytesIO(cow_png)).size == (64, 64)
     cow_r, plain_r = carried(cow_png, condition), carried(plain_png, condition)
-    assert cow_r > 0.1 and cow_r > plain_r + 0.4, (cow_r, plain_r)  # measured: 0.24 and -0.57
+    # measured at seeds 0-3: COW 0.59-0.61, plain txt2img 0.01-0.28
+    assert cow_r > 0.3 and cow_r > plain_r + 0.25, (cow_r, plain_r)
 
 
 def sow_graph(stub_url, api_key_env=KEY_ENV):

@@ -78,3 +78,16 @@ def test_the_compare_grid_puts_inputs_first_and_one_column_per_seed():
     px = grid.load()
     assert px[30, 14 + 30] == (255, 0, 0) and px[68 + 30, 14 + 30] == (0, 0, 255)  # input, then vanilla on top
     assert px[68 + 30, 78 + 14 + 30] == (255, 0, 0) and px[136 + 30, 78 + 14 + 30] == (255, 255, 255)
+
+
+def test_a_runs_pictures_are_in_a_fixed_order_whatever_order_the_server_lists_them():
+    from pathlib import Path
+
+    from conduit.jobs import Job
+
+    names = ["g_s0_mask_00003_.png", "g_s0_image_00001_.png", "g_s0_text.txt", "g_s0_mask_00002_.png",
+             "g_s0_seg_vanilla_00001_.png"]
+    orders = {tuple(p.name for p in demo._images(Job("g", {}, 0, outputs=[Path(n) for n in listed])))
+              for listed in (names, names[::-1])}
+    assert orders == {("g_s0_seg_vanilla_00001_.png", "g_s0_image_00001_.png", "g_s0_mask_00002_.png",
+                       "g_s0_mask_00003_.png")}
