@@ -74,8 +74,9 @@ CASES: dict[str, ToyCase] = {
     # white, not black: on a black background the toy model frays a dark-speckled shape's edge into the
     # background and adds a blot above it, which hides what COW keeps
     "cow_seed_cycle": ToyCase("a red speckled circle on a white background",
-                              "The condition's own speckle pattern (no caption can name it) stays in its box, "
-                              "the prompt's white background grows around it; vanilla has neither."),
+                              "The condition's own speckle pattern (no caption can name it) stays in its box "
+                              "at every seed, where vanilla draws a new pattern each time; around it the "
+                              "canvas's gray turns light toward the prompt's white (beige at some seeds)."),
     "sow_mllm": ToyCase("a red speckled circle on a white background",
                         "As COW, with SOW's attention modulation (no MLLM here: the manual boxes are used)."),
     "sensitivity_analysis": ToyCase("", "The toy model's own style sensitivity table over five toy styles, as "
