@@ -67,11 +67,7 @@ def main(argv=None) -> int:
     if args.command == "train-classifier":
         from .gen import load_toy
 
-        toy_model = load_toy()
-
-        def roundtrip(images):
-            return toy_model.decode(toy_model.encode(images))
-
+        roundtrip = load_toy().round_trip
         # the recipe of the committed weights: 1500 steps at lr 2e-3, then 1500 more at lr 1e-3 on new batches,
         # half of each batch from the toy VAE's round trips (the VAE of --weights, default the shipped model)
         print(json.dumps(classifier.train(steps=1500, roundtrip=roundtrip), indent=1))

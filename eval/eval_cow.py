@@ -1,6 +1,6 @@
 """Cyclic One-Way Diffusion on the toy model: carry a condition's identity into a scene the prompt describes.
 
-The condition is a procedural speckled shape: its speckle pattern is a random 12 px block pattern drawn
+The condition is a procedural speckled shape: its speckle pattern is a random 8 px block pattern drawn
 from the condition's seed, an identity no caption can name. It is rendered at the box's own size (40x40,
 so the speckles are never rescaled) and placed in a box of a 64x64 gray seed canvas (Conduit
 COW Seed Canvas, fit stretch = no rescale). The prompt asks for the same colour, shape and texture word on

@@ -55,6 +55,10 @@ class Toy:
         with torch.no_grad():
             return self.vae.encode(torch.as_tensor(images, dtype=torch.float32)[..., :3])
 
+    def round_trip(self, images: np.ndarray) -> np.ndarray:
+        """Images [B, 64, 64, 3] in [0, 1] encoded and decoded by the toy VAE: the best any UNet can give."""
+        return self.decode(self.encode(images))
+
     def generate(self, text: str, seed: int = 0, batch: int = 1, **kw) -> np.ndarray:
         """Images [batch, 64, 64, 3] in [0, 1]."""
         return self.decode(self.sample(text, seed, batch, **kw))

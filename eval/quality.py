@@ -107,7 +107,7 @@ def vae_ceiling(toy, net, captions, per: int, ref: np.ndarray) -> dict[str, floa
     """What ToyNet reads when the image is perfect up to the toy VAE: procedural images of the captions, encoded
     and decoded by the model's own VAE. No UNet can score above this through this VAE and this reader, so it
     separates "the model has not learnt the word" from "the measure cannot see it"."""
-    rec = toy.decode(toy.encode(ref))
+    rec = toy.round_trip(ref)
     truth = [c for c in captions for _ in range(per)]
     out = {}
     for name, images in (("procedural", ref), ("vae_roundtrip", rec)):

@@ -1,6 +1,7 @@
 """Write eval results: JSON + Markdown tables, image grids and simple line plots (PIL only)."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -28,14 +29,11 @@ def markdown_table(rows: list[dict]) -> str:
     per-image rows: one header for both would leave the second kind blank)."""
     if not rows:
         return "(no rows)\n"
-    tables, start = [], 0
-    for i in range(1, len(rows) + 1):
-        if i == len(rows) or list(rows[i]) != list(rows[start]):
-            cols = list(rows[start])
-            lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-            lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows[start:i]]
-            tables.append("\n".join(lines) + "\n")
-            start = i
+    tables = []
+    for cols, group in itertools.groupby(rows, key=tuple):  # a dict's tuple is its column names, in order
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in group]
+        tables.append("\n".join(lines) + "\n")
     return "\n".join(tables)
 
 

@@ -10,8 +10,8 @@ v2 leaves room for each technique's effect (docs/toy_world.md):
   * training captions drop the colour and/or texture word (`caption_variant`), so "a star on a gray
     background" samples varied styles and a style reference is the only thing that can set them
     (Balanced Style);
-  * "speckled" is a random 12 px block pattern, different for every seed: an identity inside the shape that
-    no caption can name (COW's condition).
+  * "speckled" is a random pattern of SPECKLE px blocks, different for every seed: an identity inside the
+    shape that no caption can name (COW's condition).
 v2.1 coarsens the textures (16 px checks, 12 px speckles, 10 px dots) and enlarges the shapes, so that every
 texture survives the toy VAE's round trip (docs/toy_world.md, "v2.1").
 v2.2 (this file) anchors every texture on its shape: the pattern's origin is the shape's centre (a dot or a

@@ -49,7 +49,7 @@ def test_toynet_reads_textures_through_the_toy_vae(toy, net):
     reader, which had never seen a VAE's output, read their textures at 0.52 (solid at 0.43); the full run's
     ceiling is 0.96 on held-out captions (docs/toy_world.md, Quality)."""
     samples = world.batch(0, 128, 8, "all")
-    labels, _ = classifier.predict(net, toy.decode(toy.encode(np.stack([s.image for s in samples]) / 255.0)))
+    labels, _ = classifier.predict(net, toy.round_trip(np.stack([s.image for s in samples]) / 255.0))
 
     def read(key, where=lambda s: True):
         return np.mean([lab == getattr(s.spec, key) for lab, s in zip(labels[key], samples) if where(s)])

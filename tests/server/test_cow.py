@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conduit import workflow
+from conduit import demo_toy, workflow
 from conduit.client import ComfyError
 
 KEY_ENV = "CONDUIT_TEST_MLLM_KEY"
@@ -31,7 +31,6 @@ TOY_BOX = (8, 8, 48, 48)  # x, y, w, h on the toy model's 64 x 64 canvas
 # identity is measured by luminance, and a black background would turn the disc's surround darker than the disc
 # and the correlation negative wherever COW grows the prompt's background inside the box.
 TOY_PROMPT = "a yellow striped square on a white background"
-TOY_CFG = 4.0  # the toy model's guidance (its quality table and the eval); the workflow's 7.5 is for SD
 CONDITION_FILE = "conduit_test_cow_condition.png"
 
 
@@ -53,9 +52,7 @@ def toy_cow_graph(condition_file=CONDITION_FILE):
     sampler = workflow.nodes_of(graph, "SamplerCustom")[0]
     positive = graph[sampler]["inputs"]["positive"][0]
     workflow.set_input(graph, positive, "text", TOY_PROMPT)
-    for node in graph.values():  # the sampler and the inversion
-        if "cfg" in node["inputs"]:
-            node["inputs"]["cfg"] = TOY_CFG
+    demo_toy.toy_guidance(graph)  # sampler and inversion at the toy model's cfg 4 (the workflow's 7.5 is SD's)
     return graph, sampler
 
 
