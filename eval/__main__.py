@@ -22,7 +22,7 @@ log = logging.getLogger("eval")
 
 # name -> module in eval/ exposing run(quick: bool) -> dict
 SUITES = {"quality": "quality", "seg": "eval_seg", "cb": "eval_cb", "cb_t": "eval_cb:run_lambda_t",
-          "gradsam": "eval_gradsam", "cow": "eval_cow", "kv_swap": "diagnose_kv"}
+          "gradsam": "eval_gradsam", "cow": "eval_cow", "kv_swap": "diagnose_kv", "texture": "diagnose_texture"}
 
 
 def main(argv=None) -> int:
